@@ -1,0 +1,1 @@
+"""Pieces every Coffer process shares: stripe layout constants, logging, metrics, malloc tuning."""
