@@ -1,0 +1,74 @@
+"""The frontend's configuration: one frozen value built once from the command line."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+from common.layout import WRITE_QUORUM
+
+# S3's limits (Amazon S3 user guide, "Uploading and copying objects using multipart upload").
+MAX_SINGLE_PUT_BYTES = 5 * 1024**3
+MAX_PART_BYTES = 5 * 1024**3
+MIN_PART_BYTES = 5 * 1024**2
+MAX_PART_NUMBER = 10_000
+MAX_USER_METADATA_BYTES = 2 * 1024
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Settings of one frontend process.
+
+    ``listen_host``/``listen_port``: the S3 endpoint. ``etcd_endpoint``: ``host:port``.
+    ``metadata_path``: the SQLite file. ``metrics_port``: Prometheus (0 picks a free port,
+    -1 disables). ``virtual_host_suffixes``: host names under which ``bucket.<suffix>`` addresses a
+    bucket (virtual-hosted-style). ``parallel_chunks``: stripes written concurrently per request.
+    ``erasure_workers``: processes that run the erasure coder.
+    """
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 9000
+    etcd_endpoint: str = "127.0.0.1:2379"
+    metadata_path: str = "metadata.sqlite3"
+    metrics_port: int = 0
+    region: str = "us-east-1"
+    virtual_host_suffixes: tuple[str, ...] = field(default=("localhost",))
+    write_quorum: int = WRITE_QUORUM
+    parallel_chunks: int = 3
+    erasure_workers: int = 2
+    map_timeout_seconds: float = 60.0
+
+
+def parse_args(argv: list[str] | None) -> FrontendConfig:
+    """Build a :class:`FrontendConfig` from ``coffer frontend`` arguments.
+
+    Raises:
+        SystemExit: on invalid arguments (argparse prints the usage).
+    """
+    parser = argparse.ArgumentParser(prog="coffer frontend", description="Run the S3 frontend.")
+    parser.add_argument("--listen", default="127.0.0.1:9000", help="host:port of the S3 endpoint")
+    parser.add_argument("--etcd", default="127.0.0.1:2379", help="host:port of etcd")
+    parser.add_argument("--metadata", default="metadata.sqlite3", help="path of the SQLite metadata file")
+    parser.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: any free, -1: off)")
+    parser.add_argument("--region", default="us-east-1")
+    parser.add_argument("--virtual-host-suffix", action="append", default=None,
+                        help="host suffix for virtual-hosted-style requests (repeatable; default localhost)")
+    parser.add_argument("--write-quorum", type=int, default=WRITE_QUORUM)
+    parser.add_argument("--parallel-chunks", type=int, default=3)
+    parser.add_argument("--erasure-workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        parser.error(f"--listen must be host:port, got {args.listen!r}")
+    return FrontendConfig(
+        listen_host=host,
+        listen_port=int(port),
+        etcd_endpoint=args.etcd,
+        metadata_path=args.metadata,
+        metrics_port=args.metrics_port,
+        region=args.region,
+        virtual_host_suffixes=tuple(args.virtual_host_suffix or ["localhost"]),
+        write_quorum=args.write_quorum,
+        parallel_chunks=args.parallel_chunks,
+        erasure_workers=args.erasure_workers,
+    )
