@@ -1,0 +1,241 @@
+"""The `MetadataStore` interface: the index of buckets, objects, chunks, multipart uploads and keys.
+
+`SqliteMetadataStore` (metadata/sqlite_store.py) is the embedded implementation; a PostgreSQL
+store for several frontends would implement the same interface. Every method is synchronous and
+thread-safe (the frontend calls them through `asyncio.to_thread`), and every method that changes
+more than one row does so in one transaction: either all of it is visible or none.
+
+Chunk reference counts: each object and each uploaded part holds one reference per chunk
+occurrence in its chunk list (a chunk listed twice holds two). Counts never go below zero; a
+chunk whose count reaches zero stays recorded, with the time it reached zero, until garbage
+collection removes it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+
+from metadata.records import (
+    AccessKey,
+    AccessKeyAlreadyExists,
+    AccessKeyNotFound,
+    BucketAlreadyExists,
+    BucketAlreadyOwnedByYou,
+    BucketNotEmpty,
+    BucketRecord,
+    ChunkRef,
+    InvalidPart,
+    ListResult,
+    MetadataError,
+    MultipartUpload,
+    NoSuchBucket,
+    NoSuchKey,
+    NoSuchUpload,
+    ObjectRecord,
+    ObjectSummary,
+    PartRecord,
+    ZeroRefcountChunk,
+)
+
+__all__ = [
+    "AccessKey",
+    "AccessKeyAlreadyExists",
+    "AccessKeyNotFound",
+    "BucketAlreadyExists",
+    "BucketAlreadyOwnedByYou",
+    "BucketNotEmpty",
+    "BucketRecord",
+    "ChunkRef",
+    "InvalidPart",
+    "ListResult",
+    "MetadataError",
+    "MetadataStore",
+    "MultipartUpload",
+    "NoSuchBucket",
+    "NoSuchKey",
+    "NoSuchUpload",
+    "ObjectRecord",
+    "ObjectSummary",
+    "PartRecord",
+    "ZeroRefcountChunk",
+]
+
+
+class MetadataStore(abc.ABC):
+    """What the frontend needs from a metadata database. See the module docstring for the rules."""
+
+    # Access keys -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_access_key(
+        self, owner: str, access_key_id: str | None = None, secret_key: str | None = None
+    ) -> AccessKey:
+        """Record a new access key for `owner`. Without `access_key_id` / `secret_key` they are
+        generated with `secrets`: a 20-character uppercase alphanumeric id starting "CK" and a
+        40-character alphanumeric secret. Raises AccessKeyAlreadyExists if the id is taken."""
+
+    @abc.abstractmethod
+    def get_access_key(self, access_key_id: str) -> AccessKey | None:
+        """The access key with this id, or None."""
+
+    @abc.abstractmethod
+    def list_access_keys(self) -> list[AccessKey]:
+        """Every access key, sorted by id."""
+
+    @abc.abstractmethod
+    def delete_access_key(self, access_key_id: str) -> bool:
+        """Delete the key; True if it existed."""
+
+    # Buckets ---------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_bucket(self, name: str, owner: str) -> BucketRecord:
+        """Create an empty bucket. Raises BucketAlreadyOwnedByYou if `owner` already has it,
+        BucketAlreadyExists if someone else does. Name validation is the caller's job."""
+
+    @abc.abstractmethod
+    def get_bucket(self, name: str) -> BucketRecord | None:
+        """The bucket, or None."""
+
+    @abc.abstractmethod
+    def list_buckets(self, owner: str | None = None) -> list[BucketRecord]:
+        """Buckets sorted by name; only `owner`'s if given."""
+
+    @abc.abstractmethod
+    def delete_bucket(self, name: str) -> None:
+        """Delete an empty bucket. Its in-progress multipart uploads are aborted in the same
+        transaction (their parts' chunk references released). Raises NoSuchBucket, or
+        BucketNotEmpty if it holds objects."""
+
+    # Chunks ----------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def chunks_present(self, hashes: Iterable[str]) -> set[str]:
+        """Which of these chunk hashes (64 hex) are recorded, whatever their reference count: the
+        dedup check before writing a chunk's stripe."""
+
+    @abc.abstractmethod
+    def chunk_refcount(self, chunk_hash: str) -> int:
+        """The chunk's reference count; 0 if it is unknown."""
+
+    @abc.abstractmethod
+    def zero_refcount_chunks(
+        self, unreferenced_before: float | None = None, limit: int = 1000
+    ) -> list[ZeroRefcountChunk]:
+        """Recorded chunks whose reference count is zero, oldest first (by the time they reached
+        zero); only those that reached zero before `unreferenced_before` (unix seconds) if given;
+        at most `limit`."""
+
+    # Objects ---------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def put_object(self, record: ObjectRecord) -> ObjectRecord | None:
+        """Store `record` at (record.bucket, record.key) in one transaction: record its chunks
+        (new ones with their size), add one reference per chunk occurrence, replace any existing
+        object there and release that object's references. Returns the replaced object, or None.
+        Raises NoSuchBucket."""
+
+    @abc.abstractmethod
+    def get_object(self, bucket: str, key: str) -> ObjectRecord:
+        """The object. Raises NoSuchBucket or NoSuchKey."""
+
+    @abc.abstractmethod
+    def delete_object(self, bucket: str, key: str) -> bool:
+        """Delete the object, releasing its chunk references; True if it existed. Raises
+        NoSuchBucket."""
+
+    @abc.abstractmethod
+    def list_objects(
+        self,
+        bucket: str,
+        prefix: str = "",
+        delimiter: str = "",
+        start_after: str = "",
+        max_keys: int = 1000,
+    ) -> ListResult:
+        """One page of S3 ListObjectsV2 in UTF-8 binary key order.
+
+        Only keys starting with `prefix` and sorting after `start_after` are considered. With a
+        `delimiter`, a key whose remainder after `prefix` contains it rolls up into the common
+        prefix `prefix + remainder[:first delimiter + len(delimiter)]`, returned once and counted
+        once toward `max_keys`. The listing is the ordered sequence of these entries (keys and
+        common prefixes, each sorted by its own string); a page holds the first `max_keys` of
+        them that sort after `start_after`. So a common prefix equal to (or before) `start_after`
+        is not returned again, and `next_start_after` resumes exactly. `max_keys=0` returns an
+        empty, untruncated page. Raises NoSuchBucket.
+        """
+
+    # Multipart uploads -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_multipart_upload(  # noqa: PLR0917 (signature fixed by the frontend contract)
+        self,
+        bucket: str,
+        key: str,
+        owner: str,
+        content_type: str,
+        user_metadata: dict[str, str],
+        system_metadata: dict[str, str],
+        checksum_algorithm: str | None,
+    ) -> MultipartUpload:
+        """Start a multipart upload with a fresh url-safe random upload id. Raises NoSuchBucket."""
+
+    @abc.abstractmethod
+    def get_multipart_upload(self, upload_id: str) -> MultipartUpload:
+        """The upload. Raises NoSuchUpload."""
+
+    @abc.abstractmethod
+    def put_part(self, upload_id: str, part: PartRecord) -> None:
+        """Record an uploaded part in one transaction (chunks recorded, references added),
+        replacing a part with the same number (its references released). Raises NoSuchUpload."""
+
+    @abc.abstractmethod
+    def list_parts(
+        self, upload_id: str, part_number_marker: int = 0, max_parts: int = 1000
+    ) -> tuple[list[PartRecord], bool]:
+        """Parts numbered above `part_number_marker` in ascending order, at most `max_parts`, and
+        whether more follow. Raises NoSuchUpload."""
+
+    @abc.abstractmethod
+    def list_multipart_uploads(
+        self,
+        bucket: str,
+        prefix: str = "",
+        key_marker: str = "",
+        upload_id_marker: str = "",
+        max_uploads: int = 1000,
+    ) -> tuple[list[MultipartUpload], bool]:
+        """In-progress uploads of keys starting with `prefix`, ordered by key (UTF-8 binary), then
+        initiation time, then upload id; at most `max_uploads`, and whether more follow.
+
+        With `key_marker` alone, listing starts after every upload of that key. With both
+        markers, it starts after the upload `upload_id_marker` of key `key_marker` (if that
+        upload no longer exists, after every upload of that key). `upload_id_marker` without
+        `key_marker` is ignored, as in S3. Raises NoSuchBucket.
+        """
+
+    @abc.abstractmethod
+    def complete_multipart_upload(
+        self, upload_id: str, record: ObjectRecord, parts: list[tuple[int, str]]
+    ) -> ObjectRecord | None:
+        """Turn the upload into the object `record` in one transaction.
+
+        `parts` are the (part number, ETag as the client sent it, quoted or not) pairs of the
+        completion request; each must name an uploaded part with that ETag, else InvalidPart.
+        The object takes one reference per chunk occurrence in `record.chunks`; every part row of
+        the upload (listed or not) is deleted and its references released; the upload is
+        deleted; any previous object at the key is replaced (references released). Returns the
+        replaced object, or None. Raises NoSuchUpload; ValueError if `record` names another
+        bucket or key than the upload. Part ordering and size rules are the caller's to check.
+        """
+
+    @abc.abstractmethod
+    def abort_multipart_upload(self, upload_id: str) -> None:
+        """Delete the upload and its parts, releasing their references. Raises NoSuchUpload."""
+
+    # Lifetime --------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the database connections. The store must not be used afterwards."""
