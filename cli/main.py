@@ -1,0 +1,178 @@
+"""The ``coffer`` command: one entry point for operators.
+
+``coffer dev up|status|down|start|kill`` runs a whole cluster on this machine (``cli/dev_cluster.py``);
+``coffer storagenode|placement|frontend ...`` run one service (their own ``main(argv)`` parses the
+rest); ``coffer keys create|list`` manage S3 access keys; ``coffer bench ...`` runs the benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cli.dev_layout import DEFAULT_FRONTEND_PORT, DEFAULT_NODES, DEFAULT_PG_COUNT, DevClusterError
+
+DEFAULT_DATA_DIR = Path(".coffer")
+
+# Subcommands whose arguments belong to another module's ``main(argv) -> int``.
+DISPATCH = {
+    "storagenode": ("storagenode.server", "run one storage node (see `coffer storagenode --help`)"),
+    "placement": ("placement.service", "run the placement service (see `coffer placement --help`)"),
+    "frontend": ("frontend.app", "run the S3 frontend (see `coffer frontend --help`)"),
+    "bench": ("bench.cli", "run benchmarks against an S3 endpoint (see `coffer bench --help`)"),
+}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _signal(text: str) -> signal.Signals:
+    name = text.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return signal.Signals[name]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"unknown signal {text!r} (e.g. KILL, TERM, STOP, CONT)") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of ``coffer`` (dispatched subcommands appear for --help only)."""
+    parser = argparse.ArgumentParser(
+        prog="coffer", description="Coffer: an erasure-coded blob store with an S3 API.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    dev = commands.add_parser("dev", help="run a whole cluster on this machine",
+                              description="Run a whole Coffer cluster on 127.0.0.1.")
+    dev_commands = dev.add_subparsers(dest="dev_command", metavar="ACTION", required=True)
+    data_help = f"cluster directory (default ./{DEFAULT_DATA_DIR})"
+
+    up = dev_commands.add_parser("up", help="start the cluster (reuses DIR's data and ports)")
+    up.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help=data_help)
+    up.add_argument("--nodes", type=_positive_int, default=None,
+                    help=f"storage nodes, each its own failure domain (default {DEFAULT_NODES})")
+    up.add_argument("--port", type=_port, default=None,
+                    help=f"S3 endpoint port (default {DEFAULT_FRONTEND_PORT}; 0 = any free port)")
+    up.add_argument("--base-port", type=_port, default=0,
+                    help="first of the consecutive ports for etcd, nodes and metrics "
+                         "(default 0: free ports chosen by the kernel); fixed once DIR exists")
+    up.add_argument("--detach", action="store_true",
+                    help="return once ready and leave the cluster running (stop: coffer dev down)")
+    up.add_argument("--pg-count", type=_positive_int, default=None,
+                    help=f"placement groups, a power of two, fixed at creation (default {DEFAULT_PG_COUNT})")
+    up.add_argument("--down-out-interval", type=_seconds, default=None,
+                    help="seconds a node may be down before it is marked out (default 600)")
+    up.add_argument("--timeout", type=_seconds, default=180.0,
+                    help="seconds to wait for the cluster to become ready (default 180)")
+
+    status = dev_commands.add_parser("status", help="show every process and whether it is up")
+    status.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help=data_help)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    down = dev_commands.add_parser("down", help="stop every process of the cluster (data is kept)")
+    down.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help=data_help)
+
+    start = dev_commands.add_parser("start", help="restart one stopped process with its recorded command")
+    start.add_argument("name", help="etcd, placement, frontend or a node id (node-03)")
+    start.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help=data_help)
+
+    kill = dev_commands.add_parser("kill", help="send a signal to one process (failure drills)")
+    kill.add_argument("name", help="etcd, placement, frontend or a node id (node-03)")
+    kill.add_argument("--signal", type=_signal, default=signal.SIGKILL, help="signal name (default KILL)")
+    kill.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help=data_help)
+
+    keys = commands.add_parser("keys", help="manage S3 access keys")
+    key_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    for name, text in (("create", "create an access key"), ("list", "list access keys (no secrets)")):
+        sub = key_commands.add_parser(name, help=text)
+        where = sub.add_mutually_exclusive_group()
+        where.add_argument("--data", type=Path, default=None, help=data_help)
+        where.add_argument("--metadata", type=Path, default=None, help="the frontend's SQLite metadata file")
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "create":
+            sub.add_argument("--owner", default="admin", help="who the key authenticates as (default admin)")
+
+    for name, (_module, text) in DISPATCH.items():
+        commands.add_parser(name, help=text, add_help=False)
+    return parser
+
+
+def _dispatch(name: str, arguments: list[str]) -> int:
+    module_name = DISPATCH[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and module_name.startswith(error.name):
+            print(f"coffer {name} is not available: module {module_name} is missing from this install; "
+                  "reinstall with `pip install -e '.[dev]'`", file=sys.stderr)
+            return 1
+        raise
+    entry: Callable[[list[str]], int | None] = module.main
+    return int(entry(arguments) or 0)
+
+
+def _run(arguments: argparse.Namespace) -> int:
+    from cli import dev_cluster, keys
+
+    if arguments.command == "dev":
+        action = arguments.dev_command
+        if action == "up":
+            return dev_cluster.up(dev_cluster.UpOptions(
+                data_dir=arguments.data, nodes=arguments.nodes, port=arguments.port,
+                base_port=arguments.base_port, detach=arguments.detach, pg_count=arguments.pg_count,
+                down_out_interval=arguments.down_out_interval, timeout=arguments.timeout))
+        if action == "status":
+            return dev_cluster.status(arguments.data, arguments.json)
+        if action == "down":
+            return dev_cluster.down(arguments.data)
+        if action == "start":
+            return dev_cluster.start_one(arguments.data, arguments.name)
+        return dev_cluster.kill_one(arguments.data, arguments.name, arguments.signal)
+    path = keys.metadata_path(arguments.data, arguments.metadata)
+    if arguments.keys_command == "create":
+        return keys.create(path, arguments.owner, arguments.json)
+    return keys.list_keys(path, arguments.json)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``coffer`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+    Operator errors (``DevClusterError``) are printed as one line saying what to do, exit code 1.
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in DISPATCH:
+        return _dispatch(arguments[0], arguments[1:])
+    parsed = build_parser().parse_args(arguments)
+    try:
+        return _run(parsed)
+    except DevClusterError as error:
+        print(f"coffer: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
