@@ -1,0 +1,153 @@
+"""A storage node's registration in etcd: a record bound to a lease that the node keeps alive.
+
+While the lease lives, the placement service sees the node as UP; if the node dies the lease lapses
+after its TTL, etcd deletes the key and the node becomes DOWN. The registrar never raises into the
+node after ``start()``: if etcd is unreachable or the lease is lost (etcd restarted from an old
+snapshot, keep-alives missed), it keeps retrying, re-granting a lease and re-writing the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+
+from placement.etcd import EtcdClient, EtcdUnavailable
+from placement.keys import DEFAULT_PREFIX, ClusterKeys
+from proto import cluster_pb2
+
+REGISTRATION_FORMAT_VERSION = 1
+_RETRY_SECONDS = 0.5
+
+logger = logging.getLogger(__name__)
+
+
+class NodeRegistrar:
+    """Keeps ``registration`` under ``<prefix>nodes/<node_id>`` in etcd at ``etcd_endpoint``
+    (``host:port``), bound to a lease of ``ttl_seconds`` (etcd rounds up to whole seconds and
+    enforces its own minimum, 2 s by default) refreshed every third of the TTL.
+
+    Raises:
+        ValueError: on construction, for a malformed endpoint or node id.
+    """
+
+    def __init__(
+        self,
+        etcd_endpoint: str,
+        registration: cluster_pb2.NodeRegistration,
+        ttl_seconds: float = 5.0,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        self._registration = cluster_pb2.NodeRegistration()
+        self._registration.CopyFrom(registration)
+        if not self._registration.format_version:
+            self._registration.format_version = REGISTRATION_FORMAT_VERSION
+        self._key = ClusterKeys(prefix).node(registration.node_id)
+        self._etcd = EtcdClient(etcd_endpoint, timeout=max(1.0, ttl_seconds / 3))
+        self._ttl_seconds = ttl_seconds
+        self._lease_id: int | None = None
+        self._granted_ttl = max(1, math.ceil(ttl_seconds))
+        self._dirty = False
+        self._task: asyncio.Task[None] | None = None
+        self._registered = asyncio.Event()
+
+    @property
+    def key(self) -> str:
+        """The etcd key this node registers under."""
+        return self._key
+
+    @property
+    def registered(self) -> bool:
+        """True while the record is believed to be in etcd under a live lease."""
+        return self._registered.is_set()
+
+    async def start(self) -> None:
+        """Register (one attempt, bounded by the etcd timeout) and start keeping the lease alive.
+
+        Does not raise when etcd is unreachable: the background task keeps retrying; see
+        ``registered`` / ``wait_registered``.
+        """
+        if self._task is not None:
+            return
+        try:
+            await self._register()
+        except EtcdUnavailable as error:
+            logger.warning("registration failed, will retry", extra={"fields": {"error": str(error)}})
+        self._task = asyncio.create_task(self._keep_alive(), name=f"registrar:{self._key}")
+
+    async def wait_registered(self, timeout: float) -> None:  # noqa: ASYNC109 - the documented API
+        """Wait until the record is in etcd.
+
+        Raises:
+            TimeoutError: if it is not registered within ``timeout`` seconds.
+        """
+        await asyncio.wait_for(self._registered.wait(), timeout)
+
+    def update(self, used_bytes: int) -> None:
+        """Record the node's used capacity (bytes); written to etcd at the next refresh."""
+        if self._registration.used_bytes != used_bytes:
+            self._registration.used_bytes = used_bytes
+            self._dirty = True
+
+    async def stop(self) -> None:
+        """Stop refreshing and revoke the lease, which deletes the record at once (best effort:
+        if etcd is unreachable the record lapses with the lease)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._lease_id is not None:
+            try:
+                await self._etcd.revoke_lease(self._lease_id)
+            except EtcdUnavailable as error:
+                logger.warning("lease revoke failed", extra={"fields": {"error": str(error)}})
+            self._lease_id = None
+        self._registered.clear()
+        await self._etcd.close()
+
+    async def _register(self) -> None:
+        lease_id, granted = await self._etcd.grant_lease(self._ttl_seconds)
+        self._dirty = False
+        # A lease whose put failed is simply left to expire; the next attempt grants a new one.
+        await self._etcd.put(self._key, self._registration.SerializeToString(), lease=lease_id)
+        self._lease_id = lease_id
+        self._granted_ttl = granted
+        self._registered.set()
+        logger.info("registered", extra={"fields": {"key": self._key, "lease": lease_id, "ttl": granted}})
+
+    async def _keep_alive(self) -> None:
+        last_refresh = time.monotonic()
+        while True:
+            if self._lease_id is None:
+                await asyncio.sleep(_RETRY_SECONDS)
+            else:
+                await asyncio.sleep(max(0.2, self._granted_ttl / 3))
+            try:
+                if self._lease_id is None:
+                    await self._register()
+                    last_refresh = time.monotonic()
+                    continue
+                ttl = await self._etcd.refresh_lease(self._lease_id)
+                if ttl <= 0:
+                    # The lease expired (etcd was away too long): the record is gone, start over.
+                    logger.warning("lease lost, re-registering", extra={"fields": {"key": self._key}})
+                    self._lease_id = None
+                    self._registered.clear()
+                    await self._register()
+                elif self._dirty:
+                    self._dirty = False
+                    await self._etcd.put(self._key, self._registration.SerializeToString(),
+                                         lease=self._lease_id)
+                last_refresh = time.monotonic()
+            except EtcdUnavailable as error:
+                if time.monotonic() - last_refresh > self._ttl_seconds:
+                    self._registered.clear()
+                logger.warning("etcd unreachable", extra={"fields": {"key": self._key, "error": str(error)}})
+            except Exception:
+                # Never let the registrar die: a dead registrar would make the node DOWN forever.
+                logger.exception("registration keep-alive failed", extra={"fields": {"key": self._key}})
+                await asyncio.sleep(_RETRY_SECONDS)
