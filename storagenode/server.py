@@ -1,0 +1,208 @@
+"""The storage-node process: ``coffer storagenode`` (also ``python -m storagenode.server``).
+
+Opens the volumes, serves ``StorageNode`` over gRPC (uvloop, 64 MiB message limits), exposes
+Prometheus metrics and, given ``--etcd``, registers the node under a lease through
+``placement.registration.NodeRegistrar``. SIGTERM / SIGINT: stop accepting calls, let calls in
+progress finish, close RocksDB, revoke the lease, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+import uvloop
+
+from common.logs import setup_logging
+from common.malloc import tune_malloc
+from common.metrics import serve_metrics
+from proto import cluster_pb2, storage_pb2_grpc
+from storagenode.engine import FragmentEngine
+from storagenode.errors import StorageError
+from storagenode.servicer import StorageNodeServicer
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+REGISTRATION_FORMAT_VERSION = 1
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    # A 4 MiB chunk (or a fragment of a large chunk size) exceeds gRPC's default 4 MiB limit.
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Clients ping idle long-lived streams to notice dead nodes; allow it.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a storage node is started with (the ``coffer storagenode`` flags).
+
+    ``listen`` is ``host:port`` (bind 127.0.0.1 in tests); ``volumes`` the RocksDB directories, in a
+    fixed order; ``etcd`` ``host:port`` or None to run unregistered; ``capacity_bytes`` what the
+    node advertises; ``metrics_port`` 0 picks a free port; ``lease_ttl_seconds`` the registration
+    lease; ``drain_seconds`` how long calls in progress may take to finish at shutdown.
+    """
+
+    node_id: str
+    listen: str
+    volumes: tuple[str, ...]
+    zone: str
+    rack: str
+    host: str
+    capacity_bytes: int
+    metrics_port: int
+    etcd: str | None = None
+    lease_ttl_seconds: float = 5.0
+    drain_seconds: float = 10.0
+    engine_threads: int = 8
+
+
+USAGE_REPORT_SECONDS = 10.0
+
+
+class _Registrar(Protocol):
+    async def start(self) -> None: ...
+
+    def update(self, used_bytes: int) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def _host_of(address: str) -> str:
+    return address.rsplit(":", 1)[0]
+
+
+async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
+    """Run the node until ``stop`` is set or SIGTERM / SIGINT arrives, then shut down cleanly.
+
+    Raises:
+        StorageError: a volume cannot be opened.
+        RuntimeError: the listen address cannot be bound.
+    """
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # Outside the main thread there are no signal handlers: the caller sets ``stop``.
+        with contextlib.suppress(RuntimeError, ValueError):
+            loop.add_signal_handler(signum, stop.set)
+
+    engine = await asyncio.to_thread(FragmentEngine, list(config.volumes))
+    executor = ThreadPoolExecutor(config.engine_threads, thread_name_prefix="engine")
+    servicer = StorageNodeServicer(config.node_id, engine, executor)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    storage_pb2_grpc.add_StorageNodeServicer_to_server(servicer, server)
+    registrar: _Registrar | None = None
+    try:
+        port = server.add_insecure_port(config.listen)
+        if port == 0:
+            raise RuntimeError(f"cannot listen on {config.listen}")
+        address = f"{_host_of(config.listen)}:{port}"
+        await server.start()
+        metrics_port = serve_metrics(_host_of(config.listen), config.metrics_port)
+        logger.info("serving", extra={"fields": {"address": address, "metrics_port": metrics_port,
+                                                 "volumes": ",".join(config.volumes)}})
+        if config.etcd:
+            registrar = await _register(config, engine, address, f"{_host_of(config.listen)}:{metrics_port}")
+        await _report_usage_until(stop, engine, registrar)
+        logger.info("stopping: draining calls in progress")
+        servicer.begin_drain()
+        await server.stop(config.drain_seconds)
+        await servicer.wait_idle()
+    finally:
+        await server.stop(0)
+        await asyncio.to_thread(executor.shutdown, True)
+        await asyncio.to_thread(engine.close)
+        if registrar is not None:
+            await registrar.stop()
+        logger.info("stopped")
+
+
+async def _report_usage_until(
+    stop: asyncio.Event, engine: FragmentEngine, registrar: _Registrar | None
+) -> None:
+    """Wait for ``stop``; meanwhile refresh the registration's used bytes every few seconds."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), USAGE_REPORT_SECONDS)
+            return
+        if registrar is not None:
+            try:
+                stats = await asyncio.to_thread(engine.stats)
+            except StorageError:
+                continue
+            registrar.update(sum(volume.bytes_used for volume in stats))
+
+
+async def _register(
+    config: NodeConfig, engine: FragmentEngine, address: str, metrics_address: str
+) -> _Registrar:
+    # Imported here: storagenode depends on placement.registration only when it registers.
+    from placement.registration import NodeRegistrar
+
+    stats = await asyncio.to_thread(engine.stats)
+    registration = cluster_pb2.NodeRegistration(
+        format_version=REGISTRATION_FORMAT_VERSION,
+        node_id=config.node_id,
+        address=address,
+        failure_domain=cluster_pb2.FailureDomain(zone=config.zone, rack=config.rack, host=config.host),
+        capacity_bytes=config.capacity_bytes,
+        used_bytes=sum(volume.bytes_used for volume in stats),
+        volumes=list(config.volumes),
+        metrics_address=metrics_address,
+    )
+    assert config.etcd is not None
+    registrar = NodeRegistrar(config.etcd, registration, config.lease_ttl_seconds)
+    await registrar.start()
+    logger.info("registration started", extra={"fields": {"etcd": config.etcd,
+                                                "ttl_seconds": config.lease_ttl_seconds}})
+    return registrar
+
+
+def parse_args(argv: list[str] | None) -> NodeConfig:
+    """Parse ``coffer storagenode`` flags into a ``NodeConfig`` (argparse exits 2 on bad flags)."""
+    parser = argparse.ArgumentParser(prog="coffer storagenode", description="Run a Coffer storage node.")
+    parser.add_argument("--node-id", required=True)
+    parser.add_argument("--listen", required=True, help="host:port of the gRPC service")
+    parser.add_argument("--volume", action="append", required=True, dest="volumes",
+                        help="a RocksDB volume directory (repeatable; order is fixed)")
+    parser.add_argument("--etcd", default=None, help="host:port; without it the node does not register")
+    parser.add_argument("--zone", required=True)
+    parser.add_argument("--rack", required=True)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--capacity-bytes", type=int, required=True)
+    parser.add_argument("--metrics-port", type=int, required=True)
+    parser.add_argument("--lease-ttl", type=float, default=5.0, help="registration lease, seconds")
+    args = parser.parse_args(argv)
+    return NodeConfig(
+        node_id=args.node_id, listen=args.listen, volumes=tuple(args.volumes), zone=args.zone,
+        rack=args.rack, host=args.host, capacity_bytes=args.capacity_bytes,
+        metrics_port=args.metrics_port, etcd=args.etcd, lease_ttl_seconds=args.lease_ttl,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``coffer storagenode``; returns the process exit status (0 after a clean stop)."""
+    tune_malloc()
+    config = parse_args(argv)
+    setup_logging(f"storagenode/{config.node_id}")
+    try:
+        uvloop.run(serve(config))
+    except (StorageError, RuntimeError, OSError) as exc:
+        logger.error("storage node failed", extra={"fields": {"error": str(exc)}})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""FragmentEngine against real RocksDB databases in a temporary directory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from awscrt.checksums import crc32c
+from rocksdict import Options, Rdict
+
+from storagenode.engine import HEADER, HEADERS_COLUMN_FAMILY, FragmentEngine, FragmentWrite, fragment_key
+from storagenode.errors import FragmentCorrupt, FragmentNotFound, InvalidFragment, StorageError, StorageFull
+
+
+def chunk_hash_for(seed: int) -> bytes:
+    return hashlib.sha256(seed.to_bytes(8, "big")).digest()
+
+
+def fragment(seed: int, size: int = 4096) -> bytes:
+    return hashlib.sha256(b"data" + seed.to_bytes(8, "big")).digest() * (size // 32)
+
+
+@pytest.fixture
+def volumes(tmp_path: Path) -> list[str]:
+    return [str(tmp_path / "vol0"), str(tmp_path / "vol1"), str(tmp_path / "vol2")]
+
+
+@pytest.fixture
+def engine(volumes: list[str]) -> Iterator[FragmentEngine]:
+    engine = FragmentEngine(volumes, min_free_bytes=0)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def test_put_then_get_returns_data_checksum_and_chunk_size(engine: FragmentEngine) -> None:
+    data = fragment(1, 420_000)
+    engine.put(chunk_hash_for(1), 3, 17, memoryview(data), crc32c(data), 4_194_304)
+
+    stored = engine.get(chunk_hash_for(1), 3, 17)
+
+    assert stored.data == data
+    assert stored.checksum == crc32c(data)
+    assert stored.chunk_size == 4_194_304
+
+
+def test_get_of_missing_fragment_raises_not_found(engine: FragmentEngine) -> None:
+    engine.put(chunk_hash_for(1), 0, 5, b"abc", crc32c(b"abc"), 3)
+    with pytest.raises(FragmentNotFound):
+        engine.get(chunk_hash_for(1), 1, 5)
+    with pytest.raises(FragmentNotFound):
+        engine.get(chunk_hash_for(2), 0, 5)
+
+
+def test_put_rejects_data_that_does_not_match_the_senders_checksum(engine: FragmentEngine) -> None:
+    with pytest.raises(InvalidFragment):
+        engine.put(chunk_hash_for(1), 0, 5, b"abc", crc32c(b"abd"), 3)
+    with pytest.raises(FragmentNotFound):
+        engine.get(chunk_hash_for(1), 0, 5)
+
+
+@pytest.mark.parametrize(("chunk_hash", "index", "pg"), [
+    (b"short", 0, 0), (bytes(32), 14, 0), (bytes(32), -1, 0), (bytes(32), 0, 2**32),
+])
+def test_put_rejects_malformed_addresses(
+    engine: FragmentEngine, chunk_hash: bytes, index: int, pg: int
+) -> None:
+    with pytest.raises(InvalidFragment):
+        engine.put(chunk_hash, index, pg, b"x", crc32c(b"x"), 1)
+
+
+def test_put_replaces_an_existing_fragment(engine: FragmentEngine) -> None:
+    engine.put(chunk_hash_for(1), 0, 5, b"old", crc32c(b"old"), 3)
+    engine.put(chunk_hash_for(1), 0, 5, b"newer", crc32c(b"newer"), 5)
+    assert engine.get(chunk_hash_for(1), 0, 5).data == b"newer"
+    assert [entry.length for entry in engine.list_pg(5)] == [5]
+
+
+def test_delete_reports_whether_the_fragment_existed(engine: FragmentEngine) -> None:
+    engine.put(chunk_hash_for(1), 0, 5, b"abc", crc32c(b"abc"), 3)
+
+    assert engine.delete(chunk_hash_for(1), 0, 5) is True
+    assert engine.delete(chunk_hash_for(1), 0, 5) is False
+    with pytest.raises(FragmentNotFound):
+        engine.get(chunk_hash_for(1), 0, 5)
+    assert list(engine.list_pg(5)) == []
+
+
+def test_list_pg_returns_exactly_that_placement_groups_fragments(engine: FragmentEngine) -> None:
+    expected = set()
+    for seed in range(20):
+        for index in (0, 13):
+            data = fragment(seed, 64 * (index + 1))
+            pg = seed % 3
+            engine.put(chunk_hash_for(seed), index, pg, data, crc32c(data), 1000 + seed)
+            if pg == 1:
+                expected.add((chunk_hash_for(seed), index, len(data), crc32c(data), 1000 + seed))
+    # Placement groups at the edges of the u32 key space.
+    engine.put(chunk_hash_for(99), 0, 0xFFFFFFFF, b"edge", crc32c(b"edge"), 4)
+
+    listed = {(e.chunk_hash, e.index, e.length, e.checksum, e.chunk_size) for e in engine.list_pg(1)}
+
+    assert listed == expected
+    assert [e.chunk_hash for e in engine.list_pg(0xFFFFFFFF)] == [chunk_hash_for(99)]
+    assert list(engine.list_pg(7)) == []
+
+
+def test_fragments_spread_over_volumes_by_hash_bytes_8_to_16(
+    engine: FragmentEngine, volumes: list[str]
+) -> None:
+    for seed in range(60):
+        engine.put(chunk_hash_for(seed), 0, 0, b"x", crc32c(b"x"), 1)
+    expected_counts = [0, 0, 0]
+    for seed in range(60):
+        expected_counts[int.from_bytes(chunk_hash_for(seed)[8:16], "big") % 3] += 1
+
+    stats = engine.stats()
+
+    assert [s.path for s in stats] == volumes
+    assert [s.fragments for s in stats] == expected_counts
+    assert all(count > 0 for count in expected_counts)
+    assert all(s.bytes_used > 0 and s.bytes_free > 0 for s in stats)
+
+
+def test_fragments_survive_close_and_reopen(volumes: list[str]) -> None:
+    engine = FragmentEngine(volumes, min_free_bytes=0)
+    payloads = {seed: fragment(seed, 100_000) for seed in range(10)}
+    for seed, data in payloads.items():
+        engine.put(chunk_hash_for(seed), seed % 14, seed, data, crc32c(data), len(data) * 10)
+    engine.close()
+
+    reopened = FragmentEngine(volumes, min_free_bytes=0)
+    try:
+        for seed, data in payloads.items():
+            assert reopened.get(chunk_hash_for(seed), seed % 14, seed).data == data
+    finally:
+        reopened.close()
+
+
+def test_flipped_byte_on_disk_is_detected_as_corrupt(volumes: list[str]) -> None:
+    engine = FragmentEngine(volumes, min_free_bytes=0)
+    data = fragment(7, 200_000)
+    chunk_hash = chunk_hash_for(7)
+    engine.put(chunk_hash, 4, 9, data, crc32c(data), 2_000_000)
+    before = engine.corrupt_fragments_detected
+    engine.close()
+    # Flip one data byte behind the engine's back, through RocksDB itself.
+    volume = volumes[int.from_bytes(chunk_hash[8:16], "big") % len(volumes)]
+    options = Options(raw_mode=True)
+    raw = Rdict(volume, options, column_families={HEADERS_COLUMN_FAMILY: Options(raw_mode=True)})
+    key = fragment_key(chunk_hash, 4, 9)
+    value = bytearray(raw[key] or b"")
+    value[HEADER.size + 1234] ^= 0x01
+    raw[key] = bytes(value)
+    raw.close()
+    del raw
+
+    engine = FragmentEngine(volumes, min_free_bytes=0)
+    try:
+        with pytest.raises(FragmentCorrupt):
+            engine.get(chunk_hash, 4, 9)
+        assert engine.corrupt_fragments_detected == before + 1
+    finally:
+        engine.close()
+
+
+def test_put_many_stores_valid_fragments_and_reports_each_failure(engine: FragmentEngine) -> None:
+    writes = [FragmentWrite(chunk_hash_for(seed), 1, 2, fragment(seed), crc32c(fragment(seed)), 9)
+              for seed in range(30)]
+    writes[5] = FragmentWrite(chunk_hash_for(5), 1, 2, b"bad", 12345, 9)
+
+    results = engine.put_many(writes)
+
+    assert isinstance(results[5], InvalidFragment)
+    assert [r for i, r in enumerate(results) if i != 5] == [None] * 29
+    assert len(list(engine.list_pg(2))) == 29
+    assert engine.get(chunk_hash_for(29), 1, 2).data == fragment(29)
+
+
+def test_put_refuses_when_the_disk_keeps_less_than_the_reserve(volumes: list[str]) -> None:
+    engine = FragmentEngine(volumes, min_free_bytes=2**62)
+    try:
+        with pytest.raises(StorageFull):
+            engine.put(chunk_hash_for(1), 0, 0, b"x", crc32c(b"x"), 1)
+    finally:
+        engine.close()
+
+
+def test_calls_after_close_raise_storage_error(volumes: list[str]) -> None:
+    engine = FragmentEngine(volumes, min_free_bytes=0)
+    engine.close()
+    with pytest.raises(StorageError):
+        engine.get(chunk_hash_for(1), 0, 0)
+    with pytest.raises(StorageError):
+        engine.put(chunk_hash_for(1), 0, 0, b"x", crc32c(b"x"), 1)
+
+
+def test_second_engine_on_the_same_volume_is_refused(volumes: list[str]) -> None:
+    engine = FragmentEngine(volumes, min_free_bytes=0)
+    try:
+        with pytest.raises(StorageError):
+            FragmentEngine([volumes[0]])
+    finally:
+        engine.close()
+    assert os.path.isdir(volumes[0])
