@@ -1,0 +1,157 @@
+"""The client and servicer over real in-process gRPC servers (no mocks), and the node pool."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from awscrt.checksums import crc32c
+from prometheus_client import REGISTRY
+
+from proto import storage_pb2, storage_pb2_grpc
+from storagenode.client import StorageNodeClient, StorageNodePool
+from storagenode.engine import FragmentEngine, FragmentWrite
+from storagenode.errors import FragmentCorrupt, InvalidFragment, NodeUnavailable
+from storagenode.servicer import GroupCommitter, StorageNodeServicer
+from tests.fixtures.processes import free_port
+
+
+def chunk_hash_for(seed: int) -> bytes:
+    return hashlib.sha256(seed.to_bytes(8, "big")).digest()
+
+
+class LyingServicer(storage_pb2_grpc.StorageNodeServicer):
+    """Answers every get with bytes that do not match the checksum it sends."""
+
+    async def Stream(
+        self, request_iterator: AsyncIterator[storage_pb2.FragmentRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[storage_pb2.FragmentResponse]:
+        async for request in request_iterator:
+            yield storage_pb2.FragmentResponse(
+                request_id=request.request_id,
+                get=storage_pb2.GetFragmentResponse(data=b"flipped", checksum=crc32c(b"original")),
+            )
+
+
+async def with_server(
+    servicer: storage_pb2_grpc.StorageNodeServicer, body: Callable[[str], Awaitable[None]]
+) -> None:
+    server = grpc.aio.server()
+    storage_pb2_grpc.add_StorageNodeServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        await body(f"127.0.0.1:{port}")
+    finally:
+        await server.stop(0)
+
+
+def test_get_verifies_the_checksum_end_to_end() -> None:
+    async def body(address: str) -> None:
+        client = StorageNodeClient(address)
+        try:
+            with pytest.raises(FragmentCorrupt):
+                await client.get_fragment(chunk_hash_for(1), 0, 0)
+        finally:
+            await client.close()
+
+    asyncio.run(with_server(LyingServicer(), body))
+
+
+def test_servicer_round_trip_and_unary_error_codes(tmp_path: Path) -> None:
+    engine = FragmentEngine([str(tmp_path / "volume")], min_free_bytes=0)
+    executor = ThreadPoolExecutor(2)
+
+    async def body(address: str) -> None:
+        client = StorageNodeClient(address)
+        channel = grpc.aio.insecure_channel(address)
+        try:
+            await client.put_fragment(chunk_hash_for(1), 5, 6, b"payload", 70, 1)
+            assert await client.get_fragment(chunk_hash_for(1), 5, 6) == b"payload"
+            stub = storage_pb2_grpc.StorageNodeStub(channel)
+            unary = await stub.GetFragment(storage_pb2.GetFragmentRequest(
+                chunk_hash=chunk_hash_for(1), fragment_index=5, placement_group=6))
+            assert (unary.data, unary.chunk_size) == (b"payload", 70)
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await stub.GetFragment(storage_pb2.GetFragmentRequest(
+                    chunk_hash=chunk_hash_for(2), fragment_index=5, placement_group=6))
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+            with pytest.raises(grpc.aio.AioRpcError) as invalid:
+                await stub.PutFragment(storage_pb2.PutFragmentRequest(
+                    chunk_hash=chunk_hash_for(2), fragment_index=5, data=b"abc", checksum=1))
+            assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(InvalidFragment):
+                await client.put_fragment(b"", 0, 0, b"x", 1, 1)
+        finally:
+            await channel.close()
+            await client.close()
+
+    try:
+        asyncio.run(with_server(StorageNodeServicer("node-x", engine, executor), body))
+    finally:
+        executor.shutdown()
+        engine.close()
+
+
+def test_puts_queued_together_are_committed_in_one_batch(tmp_path: Path) -> None:
+    engine = FragmentEngine([str(tmp_path / "v0"), str(tmp_path / "v1")], min_free_bytes=0)
+    executor = ThreadPoolExecutor(2)
+    count_before = REGISTRY.get_sample_value("coffer_storagenode_put_batch_fragments_count") or 0.0
+    sum_before = REGISTRY.get_sample_value("coffer_storagenode_put_batch_fragments_sum") or 0.0
+
+    async def scenario() -> None:
+        committer = GroupCommitter(engine, executor)
+        # All ten are queued before the writer task first runs, so they form one batch.
+        await asyncio.gather(*(
+            committer.put(FragmentWrite(chunk_hash_for(seed), 0, 1, b"data", crc32c(b"data"), 4))
+            for seed in range(10)
+        ))
+
+    try:
+        asyncio.run(scenario())
+        assert len(list(engine.list_pg(1))) == 10
+        assert REGISTRY.get_sample_value("coffer_storagenode_put_batch_fragments_count") == count_before + 1
+        assert REGISTRY.get_sample_value("coffer_storagenode_put_batch_fragments_sum") == sum_before + 10
+    finally:
+        executor.shutdown()
+        engine.close()
+
+
+def test_nothing_listening_raises_node_unavailable() -> None:
+    async def scenario() -> None:
+        client = StorageNodeClient(f"127.0.0.1:{free_port()}", timeout=30)
+        try:
+            with pytest.raises(NodeUnavailable):
+                await client.get_fragment(chunk_hash_for(1), 0, 0)
+            with pytest.raises(NodeUnavailable):
+                await client.health()
+            with pytest.raises(NodeUnavailable):
+                await client.list_fragments(0)
+        finally:
+            await client.close()
+        with pytest.raises(NodeUnavailable):
+            await client.get_fragment(chunk_hash_for(1), 0, 0)
+
+    asyncio.run(scenario())
+
+
+def test_pool_caches_clients_and_replaces_one_whose_address_changed() -> None:
+    async def scenario() -> None:
+        pool = StorageNodePool(timeout=3)
+        first = pool.client("node-1", "127.0.0.1:1001")
+        assert pool.client("node-1", "127.0.0.1:1001") is first
+        assert pool.client("node-2", "127.0.0.1:1002") is not first
+        moved = pool.client("node-1", "127.0.0.1:2001")
+        assert moved is not first
+        assert moved.address == "127.0.0.1:2001"
+        assert moved.timeout == 3
+        await pool.close()
+        with pytest.raises(NodeUnavailable):  # the replaced client was closed
+            await first.get_fragment(chunk_hash_for(1), 0, 0)
+
+    asyncio.run(scenario())
