@@ -1,0 +1,453 @@
+"""Chunks as stripes across storage nodes: write with a quorum, read a range, fall back to parity.
+
+Write (design brief, "Write path" 4-5): encode the chunk into 14 fragments, send fragment ``i`` to
+``acting_set[pg][i]`` all in parallel, succeed once ``write_quorum`` (12) are durable. Fragments
+that did not make it are logged and counted; repair rebuilds them later.
+
+Read (design brief, "Read path"): the code is systematic, so a healthy read fetches only the data
+fragments that cover the range and slices their payloads (no decode). When one of them fails
+(node unavailable, fragment missing or corrupt) or is slower than ``hedge_after`` seconds, the
+other fragments are fetched too and the whole chunk is decoded from any 10, then verified against
+its SHA-256. Partial reads on the fast path rely on the fragment CRC32C that the storage-node
+client verifies end to end; whole chunks are always checked against their hash. Wrong bytes are
+never returned: a chunk that cannot be rebuilt raises ``ChunkUnavailable`` or ``ChunkCorrupt``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter
+
+from common.layout import CHUNK_HASH_BYTES, DATA_FRAGMENTS, STRIPE_WIDTH, WRITE_QUORUM, placement_group
+from frontend.datapath_errors import ChunkCorrupt, ChunkUnavailable, InsufficientFragments
+from frontend.erasure import ErasureCoder, data_fragment_payload_range, fragment_bytes, fragment_header_bytes
+from storagenode.errors import FragmentCorrupt, StorageError
+
+if TYPE_CHECKING:
+    from storagenode.client import StorageNodePool
+
+    from placement.cluster_map import ClusterMap
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES_WRITTEN = Counter(
+    "coffer_frontend_chunk_bytes_written_total", "Chunk bytes written as stripes (before erasure coding)."
+)
+CHUNK_BYTES_READ = Counter("coffer_frontend_chunk_bytes_read_total", "Chunk bytes returned by chunk reads.")
+STRIPES_WRITTEN = Counter(
+    "coffer_frontend_stripes_written_total", "Stripes written with at least the quorum."
+)
+STRIPES_WRITTEN_DEGRADED = Counter(
+    "coffer_frontend_stripes_written_degraded_total",
+    "Stripes written with fewer than all 14 fragments durable (repair must complete them).",
+)
+MISSING_FRAGMENTS = Counter(
+    "coffer_frontend_missing_fragments_total", "Fragments of successful stripe writes that were not written."
+)
+FAILED_STRIPE_WRITES = Counter(
+    "coffer_frontend_failed_stripe_writes_total", "Stripe writes that missed the write quorum."
+)
+DEGRADED_READS = Counter(
+    "coffer_frontend_degraded_reads_total", "Chunk reads that fetched parity and decoded."
+)
+CORRUPT_FRAGMENTS = Counter(
+    "coffer_frontend_corrupt_fragments_total",
+    "Fragments found corrupt on read (bad CRC32C at the node or in transit, wrong length).",
+)
+CHUNK_HASH_MISMATCHES = Counter(
+    "coffer_frontend_chunk_hash_mismatches_total",
+    "Assembled or decoded chunks whose SHA-256 did not match their hash (another combination was tried).",
+)
+
+#: Decodes tried with different fragment combinations before a chunk is declared corrupt.
+MAX_DECODE_ATTEMPTS = 16
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where fragment ``index`` of one stripe lives in the map the operation started with."""
+
+    index: int
+    node_id: str
+    address: str
+
+
+class ChunkStore:
+    """Reads and writes chunks as stripes of 14 fragments on their placement group's acting set.
+
+    ``cluster_map`` returns the current ``ClusterMap`` (called once per operation); ``nodes`` hands
+    out storage-node clients; ``coder`` erasure-codes. ``write_quorum`` (fragments, default 12 =
+    k+2) must be durable for a write to succeed. ``hedge_after`` (seconds) is how long a read waits
+    for its data fragments before also fetching the others. ``write_grace`` (seconds) is how long a
+    write that reached the quorum keeps waiting for its remaining fragments before giving them up
+    to repair.
+    """
+
+    def __init__(
+        self,
+        cluster_map: Callable[[], ClusterMap],
+        nodes: StorageNodePool,
+        coder: ErasureCoder,
+        *,
+        write_quorum: int = WRITE_QUORUM,
+        hedge_after: float = 1.0,
+        write_grace: float = 0.5,
+    ) -> None:
+        if not DATA_FRAGMENTS <= write_quorum <= STRIPE_WIDTH:
+            raise ValueError(f"write_quorum must be {DATA_FRAGMENTS}..{STRIPE_WIDTH}, got {write_quorum}")
+        self._cluster_map = cluster_map
+        self._nodes = nodes
+        self._coder = coder
+        self.write_quorum = write_quorum
+        self.hedge_after = hedge_after
+        self.write_grace = write_grace
+
+    # ---- write ---------------------------------------------------------------------------------
+
+    async def write_chunk(self, chunk_hash: bytes, data: bytes | bytearray | memoryview) -> int:
+        """Store a chunk (``data``, 1..4 MiB, whose SHA-256 is ``chunk_hash``, 32 raw bytes).
+
+        Every fragment of the stripe is sent to its acting-set node at once (nodes marked DOWN are
+        tried too and fail fast). Returns the number of fragments acknowledged durable (12..14 by
+        default). Waits for every attempt to settle, or at most ``write_grace`` seconds after the
+        quorum, and cancels what is left; no task outlives the call. The hash is not re-checked
+        here: the caller computed it from these bytes.
+
+        Raises:
+            InsufficientFragments: fewer than ``write_quorum`` fragments became durable (retryable).
+            ValueError: malformed hash or empty/oversized chunk.
+        """
+        if len(chunk_hash) != CHUNK_HASH_BYTES:
+            raise ValueError(f"chunk hash must be {CHUNK_HASH_BYTES} bytes, got {len(chunk_hash)}")
+        chunk_size = len(memoryview(data).cast("B"))
+        fragments = await self._coder.encode(data)
+        cluster_map = self._cluster_map()
+        pg = placement_group(chunk_hash, cluster_map.pg_count)
+        targets = self._targets(cluster_map, pg)
+        tasks = {
+            asyncio.create_task(
+                self._put(
+                    target,
+                    chunk_hash=chunk_hash,
+                    pg=pg,
+                    fragment=fragments[target.index],
+                    chunk_size=chunk_size,
+                    epoch=cluster_map.epoch,
+                )
+            ): target
+            for target in targets
+        }
+        durable: set[int] = set()
+        failed: dict[int, str] = {}
+        pending: set[asyncio.Task[None]] = set(tasks)
+        try:
+            deadline: float | None = None
+            loop = asyncio.get_running_loop()
+            while pending:
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                done, pending = await asyncio.wait(
+                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    break  # grace after the quorum is over
+                for task in done:
+                    index = tasks[task].index
+                    error = task.exception()
+                    if error is None:
+                        durable.add(index)
+                    else:
+                        failed[index] = f"{type(error).__name__}: {error}"
+                if len(failed) > STRIPE_WIDTH - self.write_quorum:
+                    break  # the quorum is out of reach
+                if deadline is None and len(durable) >= self.write_quorum:
+                    deadline = loop.time() + self.write_grace
+        finally:
+            await _cancel_all(pending)
+        hex_hash = chunk_hash.hex()
+        for task in pending:
+            failed.setdefault(tasks[task].index, "gave up after the write quorum was reached")
+        if len(durable) < self.write_quorum:
+            FAILED_STRIPE_WRITES.inc()
+            logger.warning(
+                "stripe write missed the quorum",
+                extra={"fields": {"chunk": hex_hash, "pg": pg, "durable": len(durable), "failed": failed}},
+            )
+            raise InsufficientFragments(hex_hash, len(durable), self.write_quorum)
+        STRIPES_WRITTEN.inc()
+        CHUNK_BYTES_WRITTEN.inc(chunk_size)
+        if len(durable) < STRIPE_WIDTH:
+            missing = sorted(set(range(STRIPE_WIDTH)) - durable)
+            STRIPES_WRITTEN_DEGRADED.inc()
+            MISSING_FRAGMENTS.inc(len(missing))
+            logger.warning(
+                "stripe written without all fragments; repair must complete it",
+                extra={
+                    "fields": {
+                        "chunk": hex_hash,
+                        "pg": pg,
+                        "epoch": cluster_map.epoch,
+                        "missing": ",".join(f"{i}@{targets[i].node_id}" for i in missing),
+                        "reasons": "; ".join(failed.get(i, "?") for i in missing),
+                    }
+                },
+            )
+        return len(durable)
+
+    async def _put(
+        self, target: _Target, *, chunk_hash: bytes, pg: int, fragment: bytes, chunk_size: int, epoch: int
+    ) -> None:
+        client = self._nodes.client(target.node_id, target.address)
+        await client.put_fragment(chunk_hash, target.index, pg, fragment, chunk_size, epoch)
+
+    # ---- read ----------------------------------------------------------------------------------
+
+    async def read_chunk(
+        self, chunk_hash: bytes, chunk_size: int, start: int = 0, end: int | None = None
+    ) -> bytes:
+        """Return bytes ``[start, end)`` of the chunk ``chunk_hash`` (32 raw bytes) of ``chunk_size`` bytes.
+
+        ``end`` defaults to ``chunk_size``. Healthy reads touch only the covering data fragments;
+        otherwise the chunk is decoded from any 10 fragments and its SHA-256 verified.
+
+        Raises:
+            ChunkUnavailable: fewer than 10 good fragments could be read (retryable).
+            ChunkCorrupt: no combination of the fragments read rebuilds the chunk's hash (retryable).
+            ValueError: malformed hash, size or range.
+        """
+        if len(chunk_hash) != CHUNK_HASH_BYTES:
+            raise ValueError(f"chunk hash must be {CHUNK_HASH_BYTES} bytes, got {len(chunk_hash)}")
+        end = chunk_size if end is None else end
+        ranges = data_fragment_payload_range(chunk_size, start, end)  # validates the range
+        if not ranges:
+            return b""
+        read = _StripeRead(self, chunk_hash, chunk_size)
+        try:
+            data = await read.fast_path(ranges, whole=(start == 0 and end == chunk_size))
+            if data is None:
+                DEGRADED_READS.inc()
+                chunk = await read.decode_path()
+                data = chunk if (start == 0 and end == chunk_size) else chunk[start:end]
+        finally:
+            await read.close()
+        CHUNK_BYTES_READ.inc(len(data))
+        return data
+
+    def _targets(self, cluster_map: ClusterMap, pg: int) -> list[_Target]:
+        acting = cluster_map.acting_set(pg)
+        return [
+            _Target(index, node_id, cluster_map.nodes[node_id].address)
+            for index, node_id in enumerate(acting)
+        ]
+
+
+class _StripeRead:
+    """The fragment fetches of one chunk read; ``close()`` cancels and awaits whatever is left."""
+
+    def __init__(self, store: ChunkStore, chunk_hash: bytes, chunk_size: int) -> None:
+        self.store = store
+        self.chunk_hash = chunk_hash
+        self.hex_hash = chunk_hash.hex()
+        self.chunk_size = chunk_size
+        self.fragment_length = fragment_bytes(chunk_size)
+        cluster_map = store._cluster_map()
+        self.pg = placement_group(chunk_hash, cluster_map.pg_count)
+        self.targets = store._targets(cluster_map, self.pg)
+        self.tasks: dict[int, asyncio.Task[bytes]] = {}
+        self.good: dict[int, bytes] = {}
+        self.failed: dict[int, str] = {}
+        # Fragment combinations already known to rebuild a wrong chunk.
+        self.tried: set[frozenset[int]] = set()
+
+    def _fetch(self, indexes: Iterable[int]) -> None:
+        for index in indexes:
+            if index not in self.tasks:
+                self.tasks[index] = asyncio.create_task(self._get(self.targets[index]))
+
+    async def _get(self, target: _Target) -> bytes:
+        client = self.store._nodes.client(target.node_id, target.address)
+        fragment = await client.get_fragment(self.chunk_hash, target.index, self.pg)
+        if len(fragment) != self.fragment_length:
+            raise FragmentCorrupt(f"fragment is {len(fragment)} bytes, expected {self.fragment_length}")
+        # pyeclib aborts the process on non-bytes fragments: normalise once here.
+        return fragment if type(fragment) is bytes else bytes(fragment)
+
+    def _collect(self, task: asyncio.Task[bytes]) -> None:
+        index = next(i for i, t in self.tasks.items() if t is task)
+        if index in self.good or index in self.failed:
+            return
+        error = task.exception()
+        if error is None:
+            self.good[index] = task.result()
+            return
+        self.failed[index] = f"{type(error).__name__}: {error}"
+        target = self.targets[index]
+        if isinstance(error, FragmentCorrupt):
+            CORRUPT_FRAGMENTS.inc()
+            logger.error(
+                "corrupt fragment",
+                extra={
+                    "fields": {
+                        "chunk": self.hex_hash,
+                        "pg": self.pg,
+                        "index": index,
+                        "node": target.node_id,
+                        "error": str(error),
+                    }
+                },
+            )
+        elif not isinstance(error, StorageError):
+            logger.error(
+                "unexpected error reading a fragment",
+                exc_info=error,
+                extra={"fields": {"chunk": self.hex_hash, "index": index, "node": target.node_id}},
+            )
+        else:
+            logger.info(
+                "fragment read failed",
+                extra={
+                    "fields": {
+                        "chunk": self.hex_hash,
+                        "index": index,
+                        "node": target.node_id,
+                        "error": self.failed[index],
+                    }
+                },
+            )
+
+    async def fast_path(self, ranges: list[tuple[int, int, int]], *, whole: bool) -> bytes | None:
+        """Slice the covering data fragments; None when any failed or was slower than ``hedge_after``."""
+        indexes = [index for index, _, _ in ranges]
+        self._fetch(indexes)
+        wanted = [self.tasks[i] for i in indexes]
+        done, pending = await asyncio.wait(wanted, timeout=self.store.hedge_after)
+        for task in done:
+            self._collect(task)
+        if pending or any(i in self.failed for i in indexes):
+            return None
+        header = fragment_header_bytes()
+        if len(ranges) == 1:
+            index, payload_start, payload_end = ranges[0]
+            data = self.good[index][header + payload_start : header + payload_end]
+        else:
+            assembled = bytearray()
+            for index, payload_start, payload_end in ranges:
+                assembled += memoryview(self.good[index])[header + payload_start : header + payload_end]
+            data = bytes(assembled)
+        if whole and not await _hash_matches(data, self.chunk_hash):
+            CHUNK_HASH_MISMATCHES.inc()
+            logger.error(
+                "data fragments assemble to a wrong chunk hash", extra={"fields": {"chunk": self.hex_hash}}
+            )
+            self.tried.add(frozenset(indexes))
+            return None
+        return data
+
+    async def decode_path(self) -> bytes:
+        """Fetch every fragment not yet asked for, decode from 10 good ones, verify the SHA-256."""
+        self._fetch(range(STRIPE_WIDTH))
+        tried: set[frozenset[int]] = set(self.tried)
+        attempts = 0
+        while True:
+            outstanding = [t for i, t in self.tasks.items() if i not in self.good and i not in self.failed]
+            if len(self.good) < DATA_FRAGMENTS and outstanding:
+                done, _ = await asyncio.wait(outstanding, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    self._collect(task)
+                continue
+            if len(self.good) < DATA_FRAGMENTS:
+                raise ChunkUnavailable(self.hex_hash, len(self.good), DATA_FRAGMENTS)
+            combination = _next_combination(self.good, tried)
+            if combination is None:
+                if outstanding:
+                    # Every combination of what we have is bad: wait for one more fragment.
+                    done, _ = await asyncio.wait(outstanding, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        self._collect(task)
+                    continue
+                raise ChunkCorrupt(self.hex_hash, f"{attempts} fragment combinations tried")
+            tried.add(combination)
+            attempts += 1
+            chunk = await self._decode(combination)
+            if chunk is not None:
+                return chunk
+            if attempts >= MAX_DECODE_ATTEMPTS:
+                raise ChunkCorrupt(self.hex_hash, f"{attempts} fragment combinations tried")
+            # Wait for every outstanding fragment so that the next combinations can avoid the bad one.
+            if outstanding:
+                done, _ = await asyncio.wait(outstanding)
+                for task in done:
+                    self._collect(task)
+
+    async def _decode(self, combination: frozenset[int]) -> bytes | None:
+        fragments = {index: self.good[index] for index in sorted(combination)}
+        try:
+            chunk = await self.store._coder.decode(fragments, self.chunk_size)
+        except ValueError as error:
+            logger.error(
+                "decode refused fragments", extra={"fields": {"chunk": self.hex_hash, "error": str(error)}}
+            )
+            return None
+        except Exception as error:  # pyeclib's ECDriverError and its subclasses
+            logger.error("decode failed", extra={"fields": {"chunk": self.hex_hash, "error": repr(error)}})
+            return None
+        if await _hash_matches(chunk, self.chunk_hash):
+            return chunk
+        CHUNK_HASH_MISMATCHES.inc()
+        logger.error(
+            "decoded chunk has the wrong hash; trying another fragment combination",
+            extra={"fields": {"chunk": self.hex_hash, "fragments": ",".join(map(str, sorted(combination)))}},
+        )
+        return None
+
+    async def close(self) -> None:
+        await _cancel_all(t for t in self.tasks.values() if not t.done())
+        for task in self.tasks.values():
+            if not task.cancelled():
+                task.exception()  # mark retrieved: no "exception was never retrieved" noise
+
+
+def _next_combination(good: dict[int, bytes], tried: set[frozenset[int]]) -> frozenset[int] | None:
+    """Next 10 good fragment indexes to decode from, or None when every combination was tried.
+
+    The lowest 10 first (data fragments decode fastest), then sets that leave out a window of
+    ``n - 10`` consecutive fragments, rotating, so that any single bad fragment among ``n`` good
+    ones is left out within ``ceil(n / (n - 10))`` more tries; then every other combination.
+    """
+    indexes = sorted(good)
+    count = len(indexes)
+    drop = count - DATA_FRAGMENTS
+    candidates: list[frozenset[int]] = [frozenset(indexes[:DATA_FRAGMENTS])]
+    if drop > 0:
+        for first in range(0, count, drop):
+            left_out = {indexes[(first + j) % count] for j in range(drop)}
+            candidates.append(frozenset(indexes) - left_out)
+    for candidate in candidates:
+        if candidate not in tried:
+            return candidate
+    for combination in itertools.combinations(indexes, DATA_FRAGMENTS):
+        candidate = frozenset(combination)
+        if candidate not in tried:
+            return candidate
+    return None
+
+
+async def _hash_matches(data: bytes, chunk_hash: bytes) -> bool:
+    # SHA-256 releases the GIL: hash in a thread, off the event loop.
+    digest = await asyncio.to_thread(lambda: hashlib.sha256(data).digest())
+    return digest == chunk_hash
+
+
+async def _cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until every one has finished (no orphans)."""
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)

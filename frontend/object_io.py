@@ -1,0 +1,244 @@
+"""Object bodies in and out: cut a streamed body into chunks and store them; stream a range back.
+
+Write (design brief, "Write path" 1-5): the body is cut into fixed ``chunk_size`` chunks at stream
+offsets (the last one shorter). Per chunk, SHA-256 is computed in a thread; the stream's MD5 and
+the caller's checksum observers are fed every chunk in stream order, also in a thread. Chunks the
+metadata store already holds are not written again (dedup); new ones are written as stripes, up to
+``parallel_chunks`` at once, so memory stays bounded by about ``(parallel_chunks + 1) * chunk_size``.
+Nothing is recorded in metadata here: the caller commits metadata after this returns ("blocks
+first, then metadata").
+
+Read: ``read_stream`` yields the bytes of an object range chunk by chunk while the next chunk is
+already being fetched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from common.layout import CHUNK_SIZE
+from frontend.chunk_store import ChunkStore
+from frontend.datapath_errors import EntityTooLarge
+from metadata.records import ChunkRef
+
+#: Chunks fetched ahead of the one being sent by ``read_stream`` (the one being sent included).
+READ_AHEAD_CHUNKS = 2
+
+
+class Hasher(Protocol):
+    """A streaming checksum (``hashlib`` object or S3 checksum): fed the body in order."""
+
+    def update(self, data: Any, /) -> Any:
+        """Add the next bytes of the stream (a bytes-like object, e.g. ``memoryview``)."""
+        ...
+
+
+class ChunkIndex(Protocol):
+    """What ``write_stream`` needs of the metadata store (blocking; called in a thread)."""
+
+    def chunks_present(self, hashes: Iterable[str]) -> set[str]:
+        """Return which of ``hashes`` (64-char lowercase hex SHA-256) are already stored."""
+        ...
+
+
+@dataclass(frozen=True)
+class WrittenContent:
+    """What ``write_stream`` stored: ``size`` bytes, the MD5 of the whole body (hex), the chunk list
+    in body order (hex hash, size, offset within the body) and how many distinct chunks were new
+    (written as stripes) rather than deduplicated."""
+
+    size: int
+    md5_hex: str
+    chunks: tuple[ChunkRef, ...]
+    new_chunk_count: int
+
+
+def _feed(hashers: Sequence[Hasher], data: memoryview) -> None:
+    for hasher in hashers:
+        hasher.update(data)
+
+
+class _ChunkWriter:
+    """Hashes, dedups and writes the chunks of one stream; tracks the tasks doing it."""
+
+    def __init__(
+        self, store: ChunkStore, metadata: ChunkIndex, hashers: Sequence[Hasher], parallel_chunks: int
+    ) -> None:
+        self.store = store
+        self.metadata = metadata
+        self.hashers = hashers
+        self.parallel_chunks = parallel_chunks
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.results: list[asyncio.Task[ChunkRef]] = []
+        # Stream hashers must see chunks in order: each chunk's update waits for the previous one.
+        self.previous_stream_update: asyncio.Future[None] | None = None
+        # Identical chunks within one body are written once.
+        self.writes: dict[str, asyncio.Task[bool]] = {}
+
+    async def submit(self, chunk: memoryview, offset: int) -> None:
+        """Queue ``chunk`` (kept unchanged by the caller) at body ``offset``; waits while too many run."""
+        while len(self.in_flight) >= self.parallel_chunks:
+            done, self.in_flight = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # re-raise the first failure
+        previous = self.previous_stream_update
+        stream_update = asyncio.ensure_future(self._update_stream_hashers(previous, chunk))
+        self.previous_stream_update = stream_update
+        ref_task = asyncio.create_task(self._store_chunk(chunk, offset))
+        self.results.append(ref_task)
+        self.in_flight.add(asyncio.create_task(self._both(stream_update, ref_task)))
+
+    @staticmethod
+    async def _both(stream_update: asyncio.Future[None], ref_task: asyncio.Task[ChunkRef]) -> None:
+        await asyncio.gather(stream_update, ref_task)
+
+    async def _update_stream_hashers(self, previous: asyncio.Future[None] | None, chunk: memoryview) -> None:
+        if previous is not None:
+            await previous
+        await asyncio.to_thread(_feed, self.hashers, chunk)
+
+    async def _store_chunk(self, chunk: memoryview, offset: int) -> ChunkRef:
+        digest = await asyncio.to_thread(lambda: hashlib.sha256(chunk).digest())
+        hex_hash = digest.hex()
+        write = self.writes.get(hex_hash)
+        if write is None:
+            write = asyncio.create_task(self._write_if_absent(digest, hex_hash, chunk))
+            self.writes[hex_hash] = write
+        await asyncio.shield(write)  # another chunk of this body may wait on the same write
+        return ChunkRef(hash=hex_hash, size=len(chunk), offset=offset)
+
+    async def _write_if_absent(self, digest: bytes, hex_hash: str, chunk: memoryview) -> bool:
+        present = await asyncio.to_thread(self.metadata.chunks_present, [hex_hash])
+        if hex_hash in present:
+            return False
+        await self.store.write_chunk(digest, chunk)
+        return True
+
+    async def finish(self) -> tuple[tuple[ChunkRef, ...], int]:
+        """Wait for every chunk; return the chunk list and how many distinct chunks were written."""
+        while self.in_flight:
+            done, self.in_flight = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+        refs = tuple(task.result() for task in self.results)
+        return refs, sum(1 for write in self.writes.values() if write.result())
+
+    async def cancel(self) -> None:
+        """Cancel everything still running and wait for it to stop."""
+        tasks: list[asyncio.Future[Any]] = [*self.in_flight, *self.results, *self.writes.values()]
+        if self.previous_stream_update is not None:
+            tasks.append(self.previous_stream_update)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def write_stream(
+    body: AsyncIterator[bytes | bytearray | memoryview],
+    store: ChunkStore,
+    metadata: ChunkIndex,
+    *,
+    observers: Sequence[Hasher] = (),
+    chunk_size: int = CHUNK_SIZE,
+    max_size: int | None = None,
+    parallel_chunks: int = 3,
+) -> WrittenContent:
+    """Store a streamed body as chunks; return its size, MD5, chunk list and new-chunk count.
+
+    ``body`` yields bytes-like pieces of any size. Chunks are cut at body offsets that are
+    multiples of ``chunk_size`` (bytes); an empty body has no chunks. ``observers`` receive every
+    byte of the body in order (``update`` is called from a worker thread, one chunk at a time).
+    ``metadata.chunks_present`` is called in a thread per chunk; chunks it reports are not
+    written. At most ``parallel_chunks`` chunks are hashed or written at once. Nothing is
+    recorded in metadata.
+
+    Raises:
+        EntityTooLarge: the body exceeded ``max_size`` bytes (nothing more is read).
+        InsufficientFragments: a stripe write missed its quorum (retryable).
+        Any error of ``body`` or ``metadata``. On any error every in-flight write is cancelled and
+        awaited before the error propagates.
+    """
+    if chunk_size <= 0 or parallel_chunks <= 0:
+        raise ValueError("chunk_size and parallel_chunks must be positive")
+    md5 = hashlib.md5(usedforsecurity=False)
+    writer = _ChunkWriter(store, metadata, [md5, *observers], parallel_chunks)
+    size = 0
+    chunk_offset = 0
+    buffer = bytearray(chunk_size)
+    filled = 0
+    try:
+        async for piece in body:
+            view = memoryview(piece).cast("B")
+            size += len(view)
+            if max_size is not None and size > max_size:
+                raise EntityTooLarge(max_size)
+            while len(view):
+                if filled == 0 and len(view) >= chunk_size and isinstance(piece, bytes):
+                    # Immutable input: the chunk can be a view of it, no copy.
+                    await writer.submit(view[:chunk_size], chunk_offset)
+                    chunk_offset += chunk_size
+                    view = view[chunk_size:]
+                    continue
+                take = min(chunk_size - filled, len(view))
+                buffer[filled : filled + take] = view[:take]
+                filled += take
+                view = view[take:]
+                if filled == chunk_size:
+                    await writer.submit(memoryview(buffer), chunk_offset)
+                    chunk_offset += chunk_size
+                    buffer = bytearray(chunk_size)  # the submitted buffer now belongs to its chunk
+                    filled = 0
+        if filled:
+            await writer.submit(memoryview(buffer)[:filled], chunk_offset)
+        chunks, new_chunks = await writer.finish()
+    except BaseException:
+        await writer.cancel()
+        raise
+    return WrittenContent(size=size, md5_hex=md5.hexdigest(), chunks=chunks, new_chunk_count=new_chunks)
+
+
+async def read_stream(
+    store: ChunkStore, chunks: Sequence[ChunkRef], start: int, end: int
+) -> AsyncIterator[bytes]:
+    """Yield the bytes ``[start, end)`` of an object made of ``chunks`` (in offset order).
+
+    One piece per chunk the range touches; the next chunk is fetched while the current one is
+    being consumed (``READ_AHEAD_CHUNKS`` in flight). Closing the iterator early cancels the
+    fetches.
+
+    Raises:
+        ValueError: ``not 0 <= start <= end <= object size``.
+        ChunkUnavailable, ChunkCorrupt: from ``ChunkStore.read_chunk`` (retryable).
+    """
+    total = sum(chunk.size for chunk in chunks)
+    if not 0 <= start <= end <= total:
+        raise ValueError(f"range [{start}, {end}) is not within an object of {total} bytes")
+    wanted = [
+        (chunk, max(start, chunk.offset) - chunk.offset, min(end, chunk.offset + chunk.size) - chunk.offset)
+        for chunk in chunks
+        if chunk.offset < end and chunk.offset + chunk.size > start
+    ]
+    fetches: deque[asyncio.Task[bytes]] = deque()
+    position = 0
+    try:
+        while position < len(wanted) or fetches:
+            while position < len(wanted) and len(fetches) < READ_AHEAD_CHUNKS:
+                chunk, chunk_start, chunk_end = wanted[position]
+                fetches.append(
+                    asyncio.create_task(
+                        store.read_chunk(bytes.fromhex(chunk.hash), chunk.size, chunk_start, chunk_end)
+                    )
+                )
+                position += 1
+            data = await fetches[0]
+            fetches.popleft()
+            yield data
+    finally:
+        for task in fetches:
+            task.cancel()
+        await asyncio.gather(*fetches, return_exceptions=True)
