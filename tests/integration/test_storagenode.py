@@ -193,7 +193,7 @@ def test_killed_node_fails_fast_and_acknowledged_writes_survive_restart(node: No
                 await client.get_fragment(chunk_hash_for(0), 0, 9)
 
             await asyncio.to_thread(node.start)
-            data = await _first_success(client, chunk_hash_for(0))
+            data = await _first_success_at(client, chunk_hash_for(0), 0, 9)
             assert data == fragment(0)
             for seed in range(20):
                 assert await client.get_fragment(chunk_hash_for(seed), 0, 9) == fragment(seed)
@@ -201,18 +201,6 @@ def test_killed_node_fails_fast_and_acknowledged_writes_survive_restart(node: No
             await client.close()
 
     asyncio.run(scenario())
-
-
-async def _first_success(client: StorageNodeClient, chunk_hash: bytes) -> bytes:
-    """Retry a get while the restarted node comes up (the client reconnects on its own)."""
-    last: Exception | None = None
-    for _attempt in range(100):
-        try:
-            return await client.get_fragment(chunk_hash, 0, 9)
-        except NodeUnavailable as exc:
-            last = exc
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"client never reconnected: {last}")
 
 
 def test_unresponsive_node_times_out_as_node_unavailable(node: NodeProcess) -> None:
@@ -303,3 +291,29 @@ def test_registers_in_etcd_and_revokes_the_lease_on_sigterm(tmp_path: Path, etcd
         assert asyncio.run(registration()) is None
     finally:
         node.cleanup()
+
+
+def test_sigterm_with_an_open_stream_exits_zero_and_keeps_the_data(node: NodeProcess) -> None:
+    async def scenario() -> None:
+        client = StorageNodeClient(node.address, timeout=60)
+        try:
+            await client.put_fragment(chunk_hash_for(8), 1, 2, b"kept", 4, 1)
+            assert await asyncio.to_thread(node.terminate) == 0
+            with pytest.raises(NodeUnavailable):
+                await client.get_fragment(chunk_hash_for(8), 1, 2)
+            await asyncio.to_thread(node.start)
+            assert await _first_success_at(client, chunk_hash_for(8), 1, 2) == b"kept"
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+async def _first_success_at(client: StorageNodeClient, chunk_hash: bytes, index: int, pg: int) -> bytes:
+    """Retry a get while a restarted node comes up (the client reconnects on its own)."""
+    for _attempt in range(100):
+        try:
+            return await client.get_fragment(chunk_hash, index, pg)
+        except NodeUnavailable:
+            await asyncio.sleep(0.2)
+    raise AssertionError("client never reconnected")
