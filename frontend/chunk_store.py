@@ -31,9 +31,8 @@ from frontend.erasure import ErasureCoder, data_fragment_payload_range, fragment
 from storagenode.errors import FragmentCorrupt, StorageError
 
 if TYPE_CHECKING:
-    from storagenode.client import StorageNodePool
-
     from placement.cluster_map import ClusterMap
+    from storagenode.client import StorageNodePool
 
 logger = logging.getLogger(__name__)
 
@@ -336,10 +335,11 @@ class _StripeRead:
             index, payload_start, payload_end = ranges[0]
             data = self.good[index][header + payload_start : header + payload_end]
         else:
-            assembled = bytearray()
-            for index, payload_start, payload_end in ranges:
-                assembled += memoryview(self.good[index])[header + payload_start : header + payload_end]
-            data = bytes(assembled)
+            # One copy: join views of the payloads.
+            data = b"".join(
+                memoryview(self.good[index])[header + payload_start : header + payload_end]
+                for index, payload_start, payload_end in ranges
+            )
         if whole and not await _hash_matches(data, self.chunk_hash):
             CHUNK_HASH_MISMATCHES.inc()
             logger.error(

@@ -25,7 +25,7 @@ from prometheus_client import REGISTRY
 
 from common.layout import CHUNK_SIZE, STRIPE_WIDTH, placement_group
 from frontend.chunk_store import ChunkStore
-from frontend.datapath_errors import ChunkUnavailable, EntityTooLarge, InsufficientFragments
+from frontend.datapath_errors import ChunkCorrupt, ChunkUnavailable, EntityTooLarge, InsufficientFragments
 from frontend.erasure import ErasureCoder, data_fragment_payload_range, fragment_payload_bytes
 from frontend.object_io import read_stream, write_stream
 from metadata.records import ObjectRecord
@@ -363,6 +363,50 @@ def test_corrupt_fragment_on_disk_is_detected_and_read_around(cluster: Cluster) 
 
     run_with_pool(body)
     assert metric("coffer_frontend_corrupt_fragments_total") - corrupt_before == 2
+
+
+async def _replace_with_wrong_bytes(
+    cluster: Cluster, pool: StorageNodePool, chunk_hash: bytes, chunk_size: int, indexes: list[int]
+) -> None:
+    """Overwrite fragments with damaged payloads under a valid CRC32C: corruption only the chunk's
+    SHA-256 can catch (as from a faulty encoder or memory error upstream of the checksum)."""
+    pg = placement_group(chunk_hash, PG_COUNT)
+    for index in indexes:
+        node = cluster.holder(chunk_hash, index)
+        client = pool.client(node.node_id, node.address)
+        fragment = bytearray(await client.get_fragment(chunk_hash, index, pg))
+        fragment[-1 - len(fragment) // 3] ^= 0x01  # in the payload, past the 80-byte header
+        await client.put_fragment(chunk_hash, index, pg, bytes(fragment), chunk_size, 1)
+
+
+def test_wrong_bytes_under_a_valid_checksum_are_caught_by_the_chunk_hash(cluster: Cluster) -> None:
+    chunk_hash, data = chunk_of(CHUNK_SIZE - 3, seed=66)
+    mismatches_before = metric("coffer_frontend_chunk_hash_mismatches_total")
+
+    async def body(pool: StorageNodePool) -> None:
+        store = cluster.store(pool)
+        await store.write_chunk(chunk_hash, data)
+        await _replace_with_wrong_bytes(cluster, pool, chunk_hash, len(data), [2])
+        # Whole-chunk reads are hash-checked: the bad data fragment is found and decoded around.
+        assert await store.read_chunk(chunk_hash, len(data)) == data
+        assert await store.read_chunk(chunk_hash, len(data)) == data
+
+    run_with_pool(body)
+    assert metric("coffer_frontend_chunk_hash_mismatches_total") > mismatches_before
+
+
+def test_too_many_wrong_fragments_raise_chunk_corrupt(cluster: Cluster) -> None:
+    chunk_hash, data = chunk_of(200_000, seed=67)
+
+    async def body(pool: StorageNodePool) -> None:
+        store = cluster.store(pool)
+        await store.write_chunk(chunk_hash, data)
+        # Five bad fragments: every set of 10 includes one, so no decode reproduces the hash.
+        await _replace_with_wrong_bytes(cluster, pool, chunk_hash, len(data), [0, 4, 7, 11, 13])
+        with pytest.raises(ChunkCorrupt):
+            await store.read_chunk(chunk_hash, len(data))
+
+    run_with_pool(body)
 
 
 def test_two_dead_nodes_degraded_write_and_exact_reads(cluster: Cluster) -> None:
