@@ -20,6 +20,7 @@ retry), connection pool as large as the concurrency, flexible checksums per ``ch
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import os
 import resource
@@ -374,11 +375,16 @@ class S3Bench:
         """
         tag = f"{spec.label} run {run_number}/{runs}"
         objects = [self._object(spec, payload.view(first_index + n), run_number, n) for n in range(spec.ops)]
+        keys = [obj.key for obj in objects]
         try:
             put = self._phase("put", spec, objects, tag, lambda obj: _put(self._client, self._bucket, obj))
             get = self._phase("get", spec, objects, tag, lambda obj: _get(self._client, self._bucket, obj))
-        finally:
-            self.delete_keys([obj.key for obj in objects], missing_ok=True)
+        except BaseException:
+            # Best-effort cleanup; the original failure is what must be reported.
+            with contextlib.suppress(BenchFailure):
+                self.delete_keys(keys)
+            raise
+        self.delete_keys(keys)
         return put, get
 
     def _object(self, spec: CaseSpec, view: memoryview, run_number: int, index: int) -> _Object:
@@ -416,17 +422,15 @@ class S3Bench:
         )
         return result
 
-    def delete_keys(self, keys: list[str], missing_ok: bool) -> None:
-        """Delete ``keys`` with a few threads (untimed cleanup). S3 DELETE of a missing key succeeds,
-        so ``missing_ok`` only matters for endpoints that answer NoSuchKey; other errors raise."""
+    def delete_keys(self, keys: list[str]) -> None:
+        """Delete ``keys`` with a few threads (untimed cleanup). Raises ``BenchFailure`` on an error
+        (S3 answers 204 for a key that does not exist, so a missing key is no error)."""
 
         def delete(key: str) -> None:
             try:
                 self._client.delete_object(Bucket=self._bucket, Key=key)
-            except botocore.exceptions.ClientError as error:
-                code = error.response.get("Error", {}).get("Code")
-                if not (missing_ok and code in ("NoSuchKey", "404")):
-                    raise BenchFailure(f"DELETE {key}: {error}") from error
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+                raise BenchFailure(f"DELETE {key}: {error}") from error
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=DELETE_THREADS) as pool:
             list(pool.map(delete, keys))
@@ -446,7 +450,9 @@ def ensure_bucket(client: Any, bucket: str) -> bool:
         client.head_bucket(Bucket=bucket)
         return False
     except botocore.exceptions.ClientError:
-        pass
+        pass  # absent (404) or not ours (403): try to create it, which reports the real problem
+    except botocore.exceptions.BotoCoreError as error:
+        raise BenchFailure(f"HEAD bucket {bucket}: {error}") from error
     try:
         client.create_bucket(Bucket=bucket)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
@@ -506,7 +512,12 @@ def run_benchmark(
         server_groups=meter.groups if meter else {},
         started_at=time.time(),
     )
-    created = ensure_bucket(client, bucket_name)
+    try:
+        created = ensure_bucket(client, bucket_name)
+    except BenchFailure as failure:
+        result.error = str(failure)
+        result.finished_at = time.time()
+        return result
     bench = S3Bench(client, bucket_name, meter, progress)
     payloads: dict[int, PayloadSource] = {}
     try:
@@ -514,12 +525,11 @@ def run_benchmark(
             payloads[size] = PayloadSource(size, count)
         case_results: dict[CaseSpec, CaseResult] = {}
         for spec, run_number, first_index in iterate_runs(cases, runs):
-            if spec not in case_results:
+            pair = bench.run_case(spec, payloads[spec.size], first_index, run_number, runs)
+            if spec not in case_results:  # only cases with a completed run appear in the result
                 case_results[spec] = CaseResult(spec)
                 result.cases.append(case_results[spec])
-            case_results[spec].runs.append(
-                bench.run_case(spec, payloads[spec.size], first_index, run_number, runs)
-            )
+            case_results[spec].runs.append(pair)
     except BenchFailure as failure:
         result.error = str(failure)
     finally:
