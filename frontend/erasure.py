@@ -18,16 +18,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import logging
 import multiprocessing
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
 from common.layout import CHUNK_SIZE, DATA_FRAGMENTS, EC_TYPE, PARITY_FRAGMENTS, STRIPE_WIDTH
 from common.malloc import tune_malloc
+
+logger = logging.getLogger(__name__)
 
 #: Chunks up to this size are coded in the calling thread: a process hop (~0.2 ms) costs more
 #: than coding them (a few microseconds), and holding the GIL that briefly does not stall the loop.
@@ -209,13 +213,24 @@ class ErasureCoder:
         self._segments = [SharedMemory(create=True, size=2 * area) for _ in range(2 * workers)]
         self._free: list[_Slot] = [_Slot(shm, area) for shm in self._segments]
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._executor = ProcessPoolExecutor(
-            max_workers=workers,
+        self._workers = workers
+        self._executor = self._new_executor()
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _release_segments, self._segments)
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self._workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init,
         )
-        self._closed = False
-        self._finalizer = weakref.finalize(self, _release_segments, self._segments)
+
+    def _replace_broken_pool(self, broken: ProcessPoolExecutor) -> None:
+        """A dead worker breaks the whole pool: start a fresh one so later calls work again."""
+        if self._executor is broken and not self._closed:
+            logger.error("erasure-coding worker died; restarting the worker pool")
+            self._executor = self._new_executor()
+            broken.shutdown(wait=False, cancel_futures=True)
 
     async def encode(self, chunk: bytes | bytearray | memoryview) -> list[bytes]:
         """Encode one chunk (1..``max_chunk_size`` bytes) into its 14 fragments, index order.
@@ -224,7 +239,7 @@ class ErasureCoder:
 
         Raises:
             ValueError: empty or oversized chunk. RuntimeError: the coder is closed.
-            concurrent.futures.process.BrokenProcessPool: a worker died.
+            concurrent.futures.process.BrokenProcessPool: a worker died (the pool is restarted).
         """
         self._check_open()
         view = memoryview(chunk).cast("B")
@@ -241,10 +256,9 @@ class ErasureCoder:
         except BaseException:
             self._release(slot)
             raise
-        job = asyncio.get_running_loop().run_in_executor(
-            self._executor, _encode_in_worker, slot.memory.name, length, slot.area
-        )
-        fragment_length = await self._wait(job, slot)  # releases the slot itself on failure
+        fragment_length = await self._run(
+            slot, _encode_in_worker, slot.memory.name, length, slot.area
+        )  # releases the slot itself on failure
         try:
             base = slot.area
             return [
@@ -282,10 +296,9 @@ class ErasureCoder:
         except BaseException:
             self._release(slot)
             raise
-        job = asyncio.get_running_loop().run_in_executor(
-            self._executor, _decode_in_worker, slot.memory.name, layout, chunk_size, slot.area
-        )
-        length = await self._wait(job, slot)  # releases the slot itself on failure
+        length = await self._run(
+            slot, _decode_in_worker, slot.memory.name, layout, chunk_size, slot.area
+        )  # releases the slot itself on failure
         try:
             return bytes(buf[slot.area : slot.area + length])
         finally:
@@ -308,12 +321,34 @@ class ErasureCoder:
                     f"fragment {index} is {len(fragment)} bytes, a {chunk_size}-byte chunk has {expected}"
                 )
 
-    async def _wait(self, job: asyncio.Future[int], slot: _Slot) -> int:
+    async def _run(self, slot: _Slot, function: Callable[..., int], *args: Any) -> int:
+        """Run ``function(*args)`` in a worker; the slot is released on failure (by ``_wait``)."""
+        loop = asyncio.get_running_loop()
+        executor = self._executor
+        try:
+            try:
+                job = loop.run_in_executor(executor, function, *args)
+            except BrokenProcessPool:
+                # The pool broke earlier (a worker died while idle): this job never ran, so run it
+                # on a fresh pool.
+                self._replace_broken_pool(executor)
+                executor = self._executor
+                job = loop.run_in_executor(executor, function, *args)
+        except BaseException:
+            self._release(slot)
+            raise
+        return await self._wait(job, slot, executor)
+
+    async def _wait(self, job: asyncio.Future[int], slot: _Slot, executor: ProcessPoolExecutor) -> int:
         """Await the worker; if the caller is cancelled, free ``slot`` only once the worker is done."""
         try:
             return await asyncio.shield(job)
         except asyncio.CancelledError:
             job.add_done_callback(lambda _job: self._release(slot))
+            raise
+        except BrokenProcessPool:
+            self._release(slot)
+            self._replace_broken_pool(executor)
             raise
         except BaseException:
             self._release(slot)

@@ -7,7 +7,9 @@ import hashlib
 import itertools
 import os
 import random
+import signal
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 from hypothesis import given, settings
@@ -186,3 +188,23 @@ def test_payload_range_examples() -> None:
         data_fragment_payload_range(size, 0, size + 1)
     with pytest.raises(ValueError):
         data_fragment_payload_range(0, 0, 0)
+
+
+def test_a_dead_worker_is_replaced() -> None:
+    chunk = os.urandom(500_000)
+    with ErasureCoder(workers=1) as erasure_coder:
+        first = asyncio.run(erasure_coder.encode(chunk))
+        worker_pids = list(erasure_coder._executor._processes)  # the pool this test started
+        assert worker_pids
+        for pid in worker_pids:
+            os.kill(pid, signal.SIGKILL)
+        # The broken pool is noticed (now or at the next call) and replaced; later calls work.
+        for _ in range(3):
+            try:
+                assert asyncio.run(erasure_coder.encode(chunk)) == first
+                break
+            except BrokenProcessPool:
+                continue
+        else:
+            pytest.fail("the coder never recovered from a dead worker")
+        assert asyncio.run(erasure_coder.decode(dict(enumerate(first)), len(chunk))) == chunk
