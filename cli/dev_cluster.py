@@ -374,6 +374,9 @@ def up(options: UpOptions) -> int:
         code = _already_running(data_dir)
         if code is not None:
             return code
+        for record in load_records(data_dir):
+            # Helpers a crashed run left behind in its sessions (their leaders are gone).
+            processes.send_signal(record.identity, signal.SIGKILL, whole_session=True)
         etcd_binary = find_etcd()
         settings = _resolve_settings(replace(options, data_dir=data_dir))
         specs = process_specs(data_dir, settings, etcd_binary)
@@ -464,6 +467,9 @@ def _supervise(supervisor: _Supervisor) -> int:
     """Foreground mode: report children that exit, stop everything on Ctrl-C / SIGTERM."""
     reported: set[str] = set()
     while not supervisor.stop_requested:
+        if len(reported) == len(supervisor.records):
+            _say("Every process has exited (`coffer dev down`?); the supervisor exits too.")
+            return 0
         for record in supervisor.records:
             handle = supervisor.handles.get(record.name)
             if record.name in reported or handle is None:

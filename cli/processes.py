@@ -83,9 +83,13 @@ def is_running(identity: ProcessIdentity) -> bool:
 def session_members(identity: ProcessIdentity) -> list[int]:
     """Live PIDs in the session ``identity`` created (itself included, if alive).
 
-    Members started before ``identity`` cannot belong to it (their session id would be a recycled
-    number), so they are excluded.
+    Linux never hands out a PID still in use as some process's session id, so while any member of
+    our session lives, ``identity.pid`` cannot belong to a stranger. Hence: if a process with that
+    PID exists but is not ours (other start time), the session is a stranger's and this returns [].
     """
+    leader = _read_stat(identity.pid)
+    if leader is not None and leader.start_time != identity.start_time:
+        return []
     members: list[int] = []
     for entry in _PROC.iterdir():
         if not entry.name.isdigit():

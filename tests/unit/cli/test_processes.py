@@ -89,3 +89,25 @@ def test_wait_gone_returns_the_processes_still_running(tmp_path: Path,
                                                        started: list[ProcessIdentity]) -> None:
     identity = _spawn(SLEEPER, tmp_path, started)
     assert processes.wait_gone([identity], timeout=0.2) == [identity]
+
+
+def test_a_session_whose_leader_pid_was_recycled_is_left_alone(tmp_path: Path,
+                                                               started: list[ProcessIdentity]) -> None:
+    stranger = _spawn(SLEEPER, tmp_path, started)
+    # What a stale record would hold if its pid had been reused by this unrelated session leader.
+    stale = ProcessIdentity(stranger.pid, stranger.start_time - 1, stranger.command)
+    assert processes.session_members(stale) == []
+    assert processes.send_signal(stale, signal.SIGKILL, whole_session=True) is False
+    assert processes.is_running(stranger)
+
+
+def test_helpers_of_a_dead_leader_are_found_by_its_session(tmp_path: Path,
+                                                           started: list[ProcessIdentity]) -> None:
+    identity = _spawn(WITH_HELPER, tmp_path, started)
+    wait_until(lambda: len(processes.session_members(identity)) == 2, 10, "the helper to start")
+    os.kill(identity.pid, signal.SIGKILL)  # the leader dies, its helper lives on in the session
+    wait_until(lambda: not processes.is_running(identity), 10, "the leader to die")
+    helpers = processes.session_members(identity)
+    assert len(helpers) == 1 and helpers[0] != identity.pid
+    processes.send_signal(identity, signal.SIGKILL, whole_session=True)
+    wait_until(lambda: processes.session_members(identity) == [], 10, "the helper to die")
