@@ -379,7 +379,7 @@ def _verify_against_paths(raw_path: str, signed: _Signed, key: bytes, provided: 
 # ----------------------------------------------------------------------------- verification
 
 
-def verify_request(  # noqa: PLR0917 - the positional signature the handlers call
+def verify_request(
     method: str,
     raw_path: str,
     query: QueryLike,
