@@ -1,0 +1,142 @@
+"""The frontend process: the S3 endpoint (aiohttp + uvloop) over the metadata store and the cluster.
+
+``coffer frontend --listen 127.0.0.1:9000 --etcd 127.0.0.1:2379 --metadata PATH`` runs it. Besides
+S3 it answers ``GET /-/health`` (200 while the process runs) and ``GET /-/ready`` (200 once a cluster
+map is loaded with at least a write quorum of nodes up; 503 before, with the reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+
+import uvloop
+from aiohttp import web
+
+from common.logs import setup_logging
+from common.malloc import tune_malloc
+from common.metrics import serve_metrics
+from frontend.chunk_store import ChunkStore
+from frontend.cluster_view import ClusterView
+from frontend.config import FrontendConfig, parse_args
+from frontend.erasure import ErasureCoder
+from frontend.s3.context import S3Services
+from frontend.s3.dispatch import S3Dispatcher
+from metadata.sqlite_store import SqliteMetadataStore
+from placement.watcher import ClusterMapWatcher
+from storagenode.client import StorageNodePool
+
+log = logging.getLogger("frontend")
+
+
+@dataclass
+class Frontend:
+    """Everything one frontend process runs; built by :func:`start_frontend`, closed by ``close``."""
+
+    config: FrontendConfig
+    services: S3Services
+    watcher: ClusterMapWatcher
+    view: ClusterView
+    coder: ErasureCoder
+    nodes: StorageNodePool
+    runner: web.AppRunner
+    port: int
+
+    async def close(self) -> None:
+        """Stop accepting requests, finish in-flight ones, then release workers and connections."""
+        await self.runner.cleanup()
+        await self.watcher.stop()
+        await self.nodes.close()
+        self.coder.close()
+
+
+def build_app(services: S3Services, view: ClusterView) -> web.Application:
+    """The aiohttp application: health endpoints plus one catch-all S3 route."""
+    dispatcher = S3Dispatcher(services)
+
+    async def health(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def ready(_request: web.Request) -> web.Response:
+        up = view.up_nodes()
+        if up >= services.config.write_quorum:
+            return web.json_response({"status": "ready", "nodes_up": up})
+        return web.json_response({"status": "not ready", "nodes_up": up,
+                                  "needed": services.config.write_quorum}, status=503)
+
+    # client_max_size only bounds request.read()/post(); S3 bodies are streamed, never read whole.
+    app = web.Application(client_max_size=1024 * 1024)
+    app.router.add_get("/-/health", health)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_route("*", "/{tail:.*}", dispatcher)
+    return app
+
+
+async def start_frontend(config: FrontendConfig) -> Frontend:
+    """Open the metadata store, start watching the cluster map and serve S3 on the configured port.
+
+    The map is loaded in the background: until it arrives, S3 data requests get 503 and
+    ``/-/ready`` says why, so a frontend started before the placement service still comes up.
+
+    Raises:
+        OSError: the listen address cannot be bound.
+    """
+    metadata = SqliteMetadataStore(config.metadata_path)
+    watcher = ClusterMapWatcher(config.etcd_endpoint)
+    view = ClusterView(watcher)
+    coder = ErasureCoder(workers=config.erasure_workers)
+    nodes = StorageNodePool()
+    chunk_store = ChunkStore(view.current, nodes, coder, write_quorum=config.write_quorum)
+    services = S3Services(metadata=metadata, chunk_store=chunk_store, config=config)
+    runner = web.AppRunner(build_app(services, view), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.listen_host, config.listen_port, backlog=1024)
+    await site.start()
+    port = config.listen_port
+    server = site._server
+    if port == 0 and server is not None:
+        # Port 0 asks the kernel for a free port; report the one it chose.
+        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def load_map() -> None:
+        while True:
+            try:
+                await watcher.start(timeout=config.map_timeout_seconds)
+                log.info("cluster map loaded", extra={"fields": {"epoch": watcher.current.epoch}})
+                return
+            except (TimeoutError, OSError) as exc:
+                log.warning("no cluster map yet; retrying", extra={"fields": {"error": repr(exc)}})
+
+    asyncio.get_running_loop().create_task(load_map())
+    return Frontend(config=config, services=services, watcher=watcher, view=view, coder=coder, nodes=nodes,
+                    runner=runner, port=port)
+
+
+async def _run(config: FrontendConfig) -> None:
+    frontend = await start_frontend(config)
+    log.info("frontend serving", extra={"fields": {"address": f"{config.listen_host}:{frontend.port}"}})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("frontend stopping")
+    await frontend.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``coffer frontend``; returns the process exit status."""
+    tune_malloc()
+    config = parse_args(argv)
+    setup_logging(f"frontend/{config.listen_port}")
+    if config.metrics_port >= 0:
+        serve_metrics("127.0.0.1", config.metrics_port)
+    uvloop.run(_run(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

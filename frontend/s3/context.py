@@ -1,0 +1,74 @@
+"""What an S3 operation handler receives: the process's services and the request being served."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+from aiohttp import web
+
+from frontend.chunk_store import ChunkStore
+from frontend.config import FrontendConfig
+from frontend.s3.router import Operation
+from frontend.s3.sigv4 import AuthContext
+from metadata.store import MetadataStore
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass
+class S3Services:
+    """Long-lived services shared by every request of one frontend process."""
+
+    metadata: MetadataStore
+    chunk_store: ChunkStore
+    config: FrontendConfig
+
+    async def meta(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a (blocking, SQLite) metadata call in a thread so the event loop keeps serving."""
+        return await asyncio.to_thread(function, *args, **kwargs)
+
+
+@dataclass
+class S3Call:
+    """One authenticated S3 request, routed to ``operation``."""
+
+    request: web.Request
+    operation: Operation
+    auth: AuthContext
+    request_id: str
+    services: S3Services
+
+    @property
+    def bucket(self) -> str:
+        """The bucket the operation addresses (routing guarantees one for bucket/object operations)."""
+        assert self.operation.bucket is not None
+        return self.operation.bucket
+
+    @property
+    def key(self) -> str:
+        """The object key the operation addresses."""
+        assert self.operation.key is not None
+        return self.operation.key
+
+    @property
+    def query(self) -> dict[str, str]:
+        """Query parameters, decoded (the last value wins for repeated names)."""
+        return dict(self.request.query)
+
+
+def http_date(timestamp: float) -> str:
+    """Format unix seconds as an RFC 7231 HTTP date (``Last-Modified``)."""
+    return email.utils.formatdate(timestamp, usegmt=True)
+
+
+def iso8601(timestamp: float) -> str:
+    """Format unix seconds the way S3 XML does: ``2026-11-22T05:30:00.000Z``."""
+    import time
+
+    millis = round((timestamp % 1) * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + f".{millis:03d}Z"

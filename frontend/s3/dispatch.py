@@ -1,0 +1,197 @@
+"""From an aiohttp request to an S3 operation handler, and from any failure to S3 error XML.
+
+The order is: route (a typed :class:`~frontend.s3.router.Operation` before anything happens),
+authenticate (SigV4, header-signed or presigned), run the handler. Domain errors of the layers below
+(metadata, data path) are mapped to S3 errors in :data:`ERROR_MAP`, the one place that does so;
+anything unmapped is logged and answered with 500 InternalError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import re
+import secrets
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
+from prometheus_client import Counter, Histogram
+
+import metadata.store as metadata_errors
+from frontend import datapath_errors
+from frontend.cluster_view import ClusterMapUnavailable
+from frontend.s3 import errors, handlers_bucket, handlers_multipart, handlers_object, router, sigv4
+from frontend.s3.context import S3Call, S3Services
+from metadata.store import AccessKey
+
+log = logging.getLogger("frontend.s3")
+
+Handler = Callable[[S3Call], Awaitable[web.StreamResponse]]
+
+HANDLERS: dict[str, Handler] = {
+    "ListBuckets": handlers_bucket.list_buckets,
+    "CreateBucket": handlers_bucket.create_bucket,
+    "DeleteBucket": handlers_bucket.delete_bucket,
+    "HeadBucket": handlers_bucket.head_bucket,
+    "GetBucketLocation": handlers_bucket.get_bucket_location,
+    "ListObjectsV2": handlers_bucket.list_objects_v2,
+    "ListObjects": handlers_bucket.list_objects_v1,
+    "PutObject": handlers_object.put_object,
+    "CopyObject": handlers_object.copy_object,
+    "GetObject": handlers_object.get_object,
+    "HeadObject": handlers_object.head_object,
+    "DeleteObject": handlers_object.delete_object,
+    "DeleteObjects": handlers_object.delete_objects,
+    "CreateMultipartUpload": handlers_multipart.create_multipart_upload,
+    "UploadPart": handlers_multipart.upload_part,
+    "CompleteMultipartUpload": handlers_multipart.complete_multipart_upload,
+    "AbortMultipartUpload": handlers_multipart.abort_multipart_upload,
+    "ListParts": handlers_multipart.list_parts,
+    "ListMultipartUploads": handlers_multipart.list_multipart_uploads,
+}
+
+# Domain error -> S3 error class. Retryable storage failures are 503 so SDKs back off and retry.
+ERROR_MAP: dict[type[Exception], type[errors.S3Error]] = {
+    metadata_errors.NoSuchBucket: errors.NoSuchBucket,
+    metadata_errors.NoSuchKey: errors.NoSuchKey,
+    metadata_errors.NoSuchUpload: errors.NoSuchUpload,
+    metadata_errors.BucketAlreadyExists: errors.BucketAlreadyExists,
+    metadata_errors.BucketAlreadyOwnedByYou: errors.BucketAlreadyOwnedByYou,
+    metadata_errors.BucketNotEmpty: errors.BucketNotEmpty,
+    metadata_errors.InvalidPart: errors.InvalidPart,
+    datapath_errors.InsufficientFragments: errors.ServiceUnavailable,
+    datapath_errors.ChunkUnavailable: errors.ServiceUnavailable,
+    datapath_errors.ChunkCorrupt: errors.ServiceUnavailable,
+    datapath_errors.EntityTooLarge: errors.EntityTooLarge,
+    ClusterMapUnavailable: errors.ServiceUnavailable,
+    ClientPayloadError: errors.IncompleteBody,
+}
+
+REQUESTS = Counter("coffer_frontend_s3_requests_total", "S3 requests answered", ["operation", "status"])
+LATENCY = Histogram("coffer_frontend_s3_request_seconds", "S3 request latency until the response is sent",
+                    ["operation"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                                            5, 10, 30, 60, 300))
+
+_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
+ACCESS_KEY_CACHE_SECONDS = 30.0
+
+
+class AccessKeyCache:
+    """Access keys by id, read from metadata in a thread and kept for 30 s (signature checks are
+    synchronous and must not touch SQLite on the event loop)."""
+
+    def __init__(self, services: S3Services) -> None:
+        self._services = services
+        self._keys: dict[str, tuple[float, AccessKey | None]] = {}
+
+    async def load(self, access_key_id: str) -> None:
+        """Make sure ``access_key_id`` (known or not) is in the cache."""
+        cached = self._keys.get(access_key_id)
+        if cached is not None and time.monotonic() - cached[0] < ACCESS_KEY_CACHE_SECONDS:
+            return
+        key = await self._services.meta(self._services.metadata.get_access_key, access_key_id)
+        if len(self._keys) > 10_000:
+            self._keys.clear()
+        self._keys[access_key_id] = (time.monotonic(), key)
+
+    def secret(self, access_key_id: str) -> str | None:
+        """The secret of a loaded key, None when unknown."""
+        cached = self._keys.get(access_key_id)
+        return cached[1].secret_key if cached is not None and cached[1] is not None else None
+
+
+def requested_access_key(request: web.Request) -> str | None:
+    """The access key id a request claims, from the Authorization header or X-Amz-Credential."""
+    header = request.headers.get("Authorization", "")
+    match = _CREDENTIAL.search(header)
+    if match:
+        return match.group(1)
+    credential = request.query.get("X-Amz-Credential")
+    if credential:
+        return credential.split("/", 1)[0]
+    return None
+
+
+def _split_target(request: web.Request) -> tuple[str, list[tuple[str, str]]]:
+    raw_path, _, raw_query = request.raw_path.partition("?")
+    query = urllib.parse.parse_qsl(raw_query, keep_blank_values=True)
+    return raw_path, query
+
+
+def error_response(request: web.Request, error: errors.S3Error, request_id: str) -> web.Response:
+    """The S3 error document for ``error`` (no body for HEAD, as S3 answers)."""
+    headers = {"x-amz-request-id": request_id}
+    if error.status == 503:
+        headers["Retry-After"] = "1"
+    if request.method == "HEAD":
+        return web.Response(status=error.status, headers=headers)
+    return web.Response(status=error.status, body=error.to_xml(request_id), content_type="application/xml",
+                        headers=headers)
+
+
+def map_error(exc: Exception) -> errors.S3Error | None:
+    """The S3 error for a domain error (walking its class hierarchy), None when unmapped."""
+    if isinstance(exc, errors.S3Error):
+        return exc
+    for cls in type(exc).__mro__:
+        target = ERROR_MAP.get(cls)
+        if target is not None:
+            return target()
+    return None
+
+
+class S3Dispatcher:
+    """The aiohttp handler for every S3 request of one frontend."""
+
+    def __init__(self, services: S3Services) -> None:
+        self.services = services
+        self.keys = AccessKeyCache(services)
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        """Answer one S3 request; never raises (errors become S3 error documents)."""
+        request_id = secrets.token_hex(8).upper()
+        started = time.perf_counter()
+        operation_name = "Unknown"
+        try:
+            raw_path, query = _split_target(request)
+            operation = router.route(request.method, request.host, raw_path, query, request.headers,
+                                     virtual_host_suffixes=self.services.config.virtual_host_suffixes)
+            operation_name = operation.name
+            access_key_id = requested_access_key(request)
+            if access_key_id:
+                await self.keys.load(access_key_id)
+            auth = sigv4.verify_request(
+                request.method, raw_path, query, request.headers, self.keys.secret,
+                datetime.datetime.now(datetime.UTC), region=self.services.config.region)
+            handler = HANDLERS.get(operation.name)
+            if handler is None:
+                raise errors.NotImplemented(f"{operation.name} is not implemented by Coffer")
+            call = S3Call(request=request, operation=operation, auth=auth, request_id=request_id,
+                          services=self.services)
+            response = await handler(call)
+            response.headers.setdefault("x-amz-request-id", request_id)
+        except asyncio.CancelledError:
+            REQUESTS.labels(operation_name, "cancelled").inc()
+            raise
+        except (ConnectionResetError, HttpProcessingError) as exc:
+            REQUESTS.labels(operation_name, "disconnected").inc()
+            log.info("client went away", extra={"fields": {"operation": operation_name, "error": str(exc),
+                                                           "request_id": request_id}})
+            raise
+        except Exception as exc:  # every failure becomes an S3 error document
+            mapped = map_error(exc)
+            if mapped is None:
+                log.exception("unexpected error", extra={"fields": {"operation": operation_name,
+                                                                    "request_id": request_id}})
+                mapped = errors.InternalError()
+            elif mapped.status >= 500:
+                log.warning("service unavailable", extra={"fields": {
+                    "operation": operation_name, "request_id": request_id, "error": repr(exc)}})
+            response = error_response(request, mapped, request_id)
+        REQUESTS.labels(operation_name, str(response.status)).inc()
+        LATENCY.labels(operation_name).observe(time.perf_counter() - started)
+        return response

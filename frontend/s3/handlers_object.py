@@ -1,0 +1,247 @@
+"""Object operations: PutObject, CopyObject, GetObject, HeadObject, DeleteObject, DeleteObjects.
+
+Write path (design brief): stream the body into chunks, store each new chunk as a stripe (quorum
+12), verify every integrity check the client sent, then record the object in one metadata
+transaction. Nothing is visible before that last step, so a failed or interrupted PUT leaves no
+object behind.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+
+from aiohttp import web
+
+from frontend import object_io
+from frontend.config import MAX_SINGLE_PUT_BYTES
+from frontend.s3 import checksums, errors, names, xml
+from frontend.s3.context import S3Call, iso8601
+from frontend.s3.object_headers import (
+    DEFAULT_CONTENT_TYPE,
+    RESPONSE_OVERRIDES,
+    NotModified,
+    check_preconditions,
+    object_response_headers,
+    parse_range,
+    system_metadata,
+    user_metadata,
+)
+from frontend.s3.payload import Payload, read_small_body
+from metadata.store import ObjectRecord
+
+
+def quote_etag(md5_hex: str) -> str:
+    """The S3 ETag of single-part content: its MD5 in hex, in double quotes."""
+    return f'"{md5_hex}"'
+
+
+def checksum_headers(found: dict[str, str]) -> dict[str, str]:
+    """``x-amz-checksum-<algorithm>`` response headers for stored checksums."""
+    headers: dict[str, str] = {}
+    for algorithm, value in found.items():
+        header = checksums.HEADER_FOR.get(algorithm)
+        if header is not None:
+            headers[header] = value
+    if "checksum_type" in found:
+        headers["x-amz-checksum-type"] = found["checksum_type"]
+    return headers
+
+
+async def require_bucket(call: S3Call) -> None:
+    """Raise NoSuchBucket before any body is read when the bucket does not exist."""
+    if await call.services.meta(call.services.metadata.get_bucket, call.bucket) is None:
+        raise errors.NoSuchBucket(bucket=call.bucket)
+
+
+async def put_object(call: S3Call) -> web.StreamResponse:
+    """PutObject: store the body as a new object (replacing any previous one at the key)."""
+    names.validate_key(call.key)
+    headers = call.request.headers
+    if headers.get("x-amz-copy-source"):
+        return await copy_object(call)
+    meta = user_metadata(headers)
+    system = system_metadata(headers)
+    await require_bucket(call)
+    payload = Payload(call.request, call.auth)
+    if payload.declared_length > MAX_SINGLE_PUT_BYTES:
+        raise errors.EntityTooLarge(ProposedSize=payload.declared_length, MaxSizeAllowed=MAX_SINGLE_PUT_BYTES)
+    written = await object_io.write_stream(
+        payload.pieces(), call.services.chunk_store, call.services.metadata,
+        observers=payload.observers, parallel_chunks=call.services.config.parallel_chunks)
+    verified = payload.verify(bytes.fromhex(written.md5_hex))
+    if verified:
+        verified["checksum_type"] = "FULL_OBJECT"
+    record = ObjectRecord(
+        bucket=call.bucket, key=call.key, size=written.size, etag=quote_etag(written.md5_hex),
+        last_modified=time.time(), content_type=headers.get("Content-Type") or DEFAULT_CONTENT_TYPE,
+        user_metadata=meta, system_metadata=system, checksums=verified, chunks=written.chunks,
+        part_count=None)
+    await call.services.meta(call.services.metadata.put_object, record)
+    return web.Response(status=200, headers={"ETag": record.etag, **checksum_headers(verified)})
+
+
+def parse_copy_source(value: str) -> tuple[str, str]:
+    """Split ``x-amz-copy-source`` (``bucket/key`` or ``/bucket/key``, URL-encoded) into bucket and key.
+
+    Raises:
+        errors.InvalidArgument: the value does not name a bucket and a key, or names a version.
+    """
+    source, _, query = value.partition("?")
+    if query:
+        raise errors.InvalidArgument("Copying a specific version is not supported",
+                                     ArgumentName="x-amz-copy-source", ArgumentValue=value)
+    decoded = urllib.parse.unquote(source).lstrip("/")
+    bucket, _, key = decoded.partition("/")
+    if not bucket or not key:
+        raise errors.InvalidArgument("Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
+                                     ArgumentName="x-amz-copy-source", ArgumentValue=value)
+    return bucket, key
+
+
+async def copy_object(call: S3Call) -> web.StreamResponse:
+    """CopyObject: the new object references the source's chunks; no data moves (chunks are shared)."""
+    headers = call.request.headers
+    source_bucket, source_key = parse_copy_source(headers["x-amz-copy-source"])
+    await require_bucket(call)
+    source = await call.services.meta(call.services.metadata.get_object, source_bucket, source_key)
+    conditions = {
+        header: headers[f"x-amz-copy-source-{header.lower()}"]
+        for header in ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since")
+        if f"x-amz-copy-source-{header.lower()}" in headers
+    }
+    try:
+        check_preconditions(conditions, source.etag, source.last_modified)
+    except NotModified as exc:
+        raise errors.PreconditionFailed() from exc
+    directive = headers.get("x-amz-metadata-directive", "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise errors.InvalidArgument("Unknown metadata directive.", ArgumentName="x-amz-metadata-directive")
+    if directive == "COPY":
+        if (source_bucket, source_key) == (call.bucket, call.key):
+            raise errors.InvalidRequest(
+                "This copy request is illegal because it is trying to copy an object to itself without "
+                "changing the object's metadata, storage class, website redirect location or encryption "
+                "attributes.")
+        content_type, meta, system = source.content_type, source.user_metadata, source.system_metadata
+    else:
+        content_type = headers.get("Content-Type") or DEFAULT_CONTENT_TYPE
+        meta, system = user_metadata(headers), system_metadata(headers)
+    record = ObjectRecord(
+        bucket=call.bucket, key=call.key, size=source.size, etag=source.etag, last_modified=time.time(),
+        content_type=content_type, user_metadata=meta, system_metadata=system, checksums=source.checksums,
+        chunks=source.chunks, part_count=source.part_count, part_sizes=source.part_sizes)
+    await call.services.meta(call.services.metadata.put_object, record)
+    body = xml.copy_object_result(etag=record.etag, last_modified=iso8601(record.last_modified))
+    return web.Response(status=200, body=body, content_type="application/xml")
+
+
+async def _object_for_read(call: S3Call) -> ObjectRecord:
+    names.validate_key(call.key)
+    return await call.services.meta(call.services.metadata.get_object, call.bucket, call.key)
+
+
+def _read_headers(call: S3Call, record: ObjectRecord) -> dict[str, str]:
+    headers = object_response_headers(
+        etag=record.etag, last_modified=record.last_modified, content_type=record.content_type,
+        user_meta=record.user_metadata, system_meta=record.system_metadata)
+    if record.part_count:
+        headers["x-amz-mp-parts-count"] = str(record.part_count)
+    for parameter, header in RESPONSE_OVERRIDES.items():
+        value = call.request.query.get(parameter)
+        if value is not None:
+            headers[header] = value
+    return headers
+
+
+async def get_object(call: S3Call) -> web.StreamResponse:
+    """GetObject, with Range and conditional requests; bytes stream as stripes are read.
+
+    If a stripe cannot be read after the status line has gone out, the connection is closed short
+    of Content-Length: a client sees a truncated body and retries; it never gets wrong bytes.
+    """
+    record = await _object_for_read(call)
+    headers = _read_headers(call, record)
+    try:
+        check_preconditions(call.request.headers, record.etag, record.last_modified)
+    except NotModified:
+        return web.Response(status=304, headers={"ETag": record.etag,
+                                                 "Last-Modified": headers["Last-Modified"]})
+    byte_range = parse_range(call.request.headers.get("Range"), record.size)
+    if byte_range is None:
+        start, end, status = 0, record.size, 200
+        if call.request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
+            headers.update(checksum_headers(record.checksums))
+    else:
+        start, end, status = byte_range.start, byte_range.end, 206
+        headers["Content-Range"] = byte_range.content_range()
+    # Read the first chunk before committing to a status line: a stripe that cannot be read at all
+    # becomes a proper 503 rather than a truncated body.
+    stream = object_io.read_stream(call.services.chunk_store, record.chunks, start, end)
+    first = b""
+    if end > start:
+        first = await anext(stream)
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = end - start
+    await response.prepare(call.request)
+    if first:
+        await response.write(first)
+    async for piece in stream:
+        await response.write(piece)
+    await response.write_eof()
+    return response
+
+
+async def head_object(call: S3Call) -> web.StreamResponse:
+    """HeadObject: the GetObject headers, no body."""
+    record = await _object_for_read(call)
+    headers = _read_headers(call, record)
+    try:
+        check_preconditions(call.request.headers, record.etag, record.last_modified)
+    except NotModified:
+        return web.Response(status=304, headers={"ETag": record.etag})
+    byte_range = parse_range(call.request.headers.get("Range"), record.size)
+    length = record.size
+    status = 200
+    if byte_range is not None:
+        headers["Content-Range"] = byte_range.content_range()
+        length, status = byte_range.end - byte_range.start, 206
+    elif call.request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
+        headers.update(checksum_headers(record.checksums))
+    headers["Content-Length"] = str(length)
+    response = web.Response(status=status, headers=headers)
+    return response
+
+
+async def delete_object(call: S3Call) -> web.StreamResponse:
+    """DeleteObject: 204 whether or not the key existed (S3 semantics); NoSuchBucket otherwise."""
+    names.validate_key(call.key)
+    await call.services.meta(call.services.metadata.delete_object, call.bucket, call.key)
+    return web.Response(status=204)
+
+
+MAX_DELETE_KEYS = 1000
+
+
+async def delete_objects(call: S3Call) -> web.StreamResponse:
+    """DeleteObjects (POST ?delete): up to 1,000 keys; per-key results in a DeleteResult document."""
+    await require_bucket(call)
+    body = await read_small_body(call.request, call.auth)
+    keys, quiet = xml.parse_delete(body)
+    if len(keys) > MAX_DELETE_KEYS:
+        raise errors.MalformedXML()
+    deleted: list[str] = []
+    failed: list[tuple[str, str, str]] = []
+    for key in keys:
+        try:
+            names.validate_key(key)
+            await call.services.meta(call.services.metadata.delete_object, call.bucket, key)
+            deleted.append(key)
+        except errors.S3Error as exc:
+            failed.append((key, exc.code, exc.message))
+    return web.Response(status=200, body=xml.delete_result(deleted=[] if quiet else deleted, errors=failed),
+                        content_type="application/xml")
+
+
+__all__ = ["copy_object", "delete_object", "delete_objects", "get_object", "head_object",
+           "put_object"]
