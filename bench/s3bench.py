@@ -296,7 +296,9 @@ def _get(client: Any, bucket: str, obj: _Object) -> float:
         response = client.get_object(Bucket=bucket, Key=obj.key)
         for piece in response["Body"].iter_chunks(READ_PIECE_BYTES):
             end = offset + len(piece)
-            if end > len(obj.view) or piece != obj.view[offset:end]:
+            # bytes == memoryview compares item by item (~0.2 GB/s); copying the expected slice
+            # out and comparing bytes to bytes is a memcpy + memcmp (~15 GB/s).
+            if end > len(obj.view) or piece != obj.view[offset:end].tobytes():
                 raise BenchFailure(f"GET {obj.key}: body differs from what was PUT near byte {offset}")
             offset = end
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
