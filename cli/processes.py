@@ -77,7 +77,18 @@ def is_running(identity: ProcessIdentity) -> bool:
     stat = _read_stat(identity.pid)
     if stat is None or stat.state in ("Z", "X") or stat.start_time != identity.start_time:
         return False
-    return read_command(identity.pid) == identity.command
+    return command_matches(read_command(identity.pid), identity.command)
+
+
+def command_matches(actual: tuple[str, ...] | None, started: tuple[str, ...]) -> bool:
+    """True when ``actual`` (from /proc) is the argv we ``started``, or that argv behind a script's
+    ``#!`` interpreter (the kernel runs ``interpreter [argument] script args``, see execve(2))."""
+    if actual is None:
+        return False
+    if actual == started:
+        return True
+    prefix = len(actual) - len(started)
+    return 0 < prefix <= 2 and actual[prefix:] == started
 
 
 def session_members(identity: ProcessIdentity) -> list[int]:
@@ -126,7 +137,7 @@ def spawn(command: Sequence[str], log_path: Path, environment: Mapping[str, str]
     deadline = time.monotonic() + 5.0
     while process.poll() is None and time.monotonic() < deadline:
         start_time = start_time_of(process.pid)
-        if start_time is not None and read_command(process.pid) == tuple(command):
+        if start_time is not None and command_matches(read_command(process.pid), tuple(command)):
             break
         time.sleep(0.005)
     return ProcessIdentity(pid=process.pid, start_time=start_time or -1, command=tuple(command)), process

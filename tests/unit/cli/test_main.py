@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from cli import processes
+from cli.dev_cluster import load_records
 from cli.dev_layout import new_settings, save_settings
 from cli.main import build_parser, main
 from metadata.sqlite_store import SqliteMetadataStore
@@ -101,3 +103,39 @@ def test_keys_create_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "secret_key" not in listed[0]
     with SqliteMetadataStore(tmp_path / "metadata.sqlite3") as store:
         assert store.get_access_key(created["access_key"]) is not None
+
+
+def _fake_etcd(directory: Path, script: str) -> dict[str, str]:
+    """A PATH whose `etcd` is ``script`` (a shell script body), for startup-failure tests."""
+    directory.mkdir()
+    binary = directory / "etcd"
+    binary.write_text(f"#!/bin/sh\n{script}\n")
+    binary.chmod(0o755)
+    return dict(os.environ, PATH=f"{directory}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_a_process_dying_during_up_is_reported_with_its_log(tmp_path: Path) -> None:
+    environment = _fake_etcd(tmp_path / "bin", 'echo "etcd: cannot open data dir: disk on fire" >&2; exit 3')
+    data = tmp_path / "cluster"
+    result = _coffer("dev", "up", "--data", str(data), "--port", "0", "--nodes", "1", environment=environment)
+    assert result.returncode == 1
+    assert "etcd exited with code 3 during startup" in result.stderr
+    assert "disk on fire" in result.stderr
+    assert f"coffer dev up --data {data}" in result.stderr
+    records = json.loads((data / "processes.json").read_text())["processes"]
+    assert [record["name"] for record in records] == ["etcd"]
+
+
+def test_a_stage_that_never_gets_ready_times_out_and_stops_what_started(tmp_path: Path) -> None:
+    environment = _fake_etcd(tmp_path / "bin", 'echo "etcd: waiting forever"; sleep 600')
+    data = tmp_path / "cluster"
+    result = _coffer("dev", "up", "--data", str(data), "--port", "0", "--nodes", "1", "--timeout", "1",
+                     environment=environment)
+    assert result.returncode == 1
+    assert "timed out after 1s waiting for etcd to accept connections" in result.stderr
+    assert "waiting forever" in result.stderr and "coffer dev down" in result.stderr
+    status = _coffer("dev", "status", "--json", "--data", str(data))
+    assert status.returncode == 1
+    assert [row["up"] for row in json.loads(status.stdout)["processes"]] == [False]
+    (record,) = load_records(data)
+    assert processes.session_members(record.identity) == []  # its `sleep` helper is gone too

@@ -111,3 +111,14 @@ def test_helpers_of_a_dead_leader_are_found_by_its_session(tmp_path: Path,
     assert len(helpers) == 1 and helpers[0] != identity.pid
     processes.send_signal(identity, signal.SIGKILL, whole_session=True)
     wait_until(lambda: processes.session_members(identity) == [], 10, "the helper to die")
+
+
+def test_a_script_is_recognised_behind_its_interpreter(tmp_path: Path, started: list[ProcessIdentity]) -> None:
+    script = tmp_path / "service"
+    script.write_text("#!/bin/sh\nsleep 120\n")
+    script.chmod(0o755)
+    identity = _spawn((str(script), "--flag"), tmp_path, started)
+    assert processes.read_command(identity.pid) == ("/bin/sh", str(script), "--flag")
+    assert processes.is_running(identity)
+    assert not processes.command_matches(("/bin/sh", "other", "--flag"), identity.command)
+    assert not processes.command_matches(None, identity.command)
