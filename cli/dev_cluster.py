@@ -369,7 +369,7 @@ def up(options: UpOptions) -> int:
             flags that contradict the existing cluster).
     """
     data_dir = options.data_dir.resolve()
-    supervisor: _Supervisor | None = None
+    ready = False
     with _exclusive(data_dir):
         code = _already_running(data_dir)
         if code is not None:
@@ -388,6 +388,7 @@ def up(options: UpOptions) -> int:
                     for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             info = _start_cluster(supervisor, settings)
+            ready = True
         except (_StartupFailed, DevClusterError) as error:
             _say(f"coffer dev up failed: {error}", sys.stderr)
             _say("Stopping the processes started so far ...", sys.stderr)
@@ -401,7 +402,7 @@ def up(options: UpOptions) -> int:
             supervisor.stop_all()
             raise
         finally:
-            if options.detach:
+            if options.detach or not ready:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
     _print_welcome(data_dir, info, options.detach)
