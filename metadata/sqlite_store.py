@@ -689,7 +689,7 @@ class SqliteMetadataStore(MetadataStore):
 
     # Multipart uploads -----------------------------------------------------------------------
 
-    def create_multipart_upload(  # noqa: PLR0917 (signature fixed by the frontend contract)
+    def create_multipart_upload(
         self,
         bucket: str,
         key: str,

@@ -169,7 +169,7 @@ class MetadataStore(abc.ABC):
     # Multipart uploads -----------------------------------------------------------------------
 
     @abc.abstractmethod
-    def create_multipart_upload(  # noqa: PLR0917 (signature fixed by the frontend contract)
+    def create_multipart_upload(
         self,
         bucket: str,
         key: str,

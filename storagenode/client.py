@@ -133,7 +133,7 @@ class StorageNodeClient:
 
     # -- data operations on the stream ------------------------------------------------------------
 
-    async def put_fragment(  # noqa: PLR0917 - signature fixed by docs/architecture.md
+    async def put_fragment(
         self,
         chunk_hash: bytes,
         index: int,

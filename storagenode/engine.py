@@ -184,7 +184,7 @@ class FragmentEngine:
 
     # -- writes ---------------------------------------------------------------------------------
 
-    def put(  # noqa: PLR0917 - signature fixed by docs/architecture.md
+    def put(
         self,
         chunk_hash: bytes,
         index: int,

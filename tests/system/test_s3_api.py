@@ -246,7 +246,8 @@ def test_missing_and_wrong_signatures(cluster: DevCluster, s3: Any, bucket: str)
     assert "x" not in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
 
 
-def test_presigned_urls(cluster: DevCluster, s3: Any, bucket: str) -> None:
+def test_presigned_urls(cluster: DevCluster, bucket: str) -> None:
+    s3 = cluster.s3_client(signature_version="s3v4")
     s3.put_object(Bucket=bucket, Key="presigned", Body=b"hello")
     url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "presigned"}, ExpiresIn=60)
     assert send(urllib.request.Request(url)) == (200, b"hello")
