@@ -24,7 +24,7 @@ from prometheus_client import Counter, Histogram
 import metadata.store as metadata_errors
 from frontend import datapath_errors
 from frontend.cluster_view import ClusterMapUnavailable
-from frontend.s3 import errors, handlers_bucket, handlers_multipart, handlers_object, router, sigv4
+from frontend.s3 import errors, handlers_bucket, handlers_multipart, handlers_object, router, sigv2, sigv4
 from frontend.s3.context import S3Call, S3Services
 from metadata.store import AccessKey
 
@@ -110,15 +110,26 @@ def requested_access_key(request: web.Request) -> str | None:
     match = _CREDENTIAL.search(header)
     if match:
         return match.group(1)
+    if header.startswith("AWS "):
+        return header[4:].rpartition(":")[0].strip() or None
     credential = request.query.get("X-Amz-Credential")
     if credential:
         return credential.split("/", 1)[0]
-    return None
+    return request.query.get("AWSAccessKeyId")
 
 
-def _split_target(request: web.Request) -> tuple[str, list[tuple[str, str]]]:
-    raw_path, _, raw_query = request.raw_path.partition("?")
-    query = urllib.parse.parse_qsl(raw_query, keep_blank_values=True)
+def split_target(raw_target: str) -> tuple[str, list[tuple[str, str]]]:
+    """Split a request target into the raw path and percent-decoded query pairs, in order.
+
+    ``+`` stays ``+``: S3 query strings are percent-encoded (RFC 3986), not form-encoded, so a
+    literal plus is not a space (parse_qsl would say it is, and signatures would not match).
+    """
+    raw_path, _, raw_query = raw_target.partition("?")
+    query = []
+    for pair in raw_query.split("&"):
+        if pair:
+            name, _, value = pair.partition("=")
+            query.append((urllib.parse.unquote(name), urllib.parse.unquote(value)))
     return raw_path, query
 
 
@@ -157,16 +168,20 @@ class S3Dispatcher:
         started = time.perf_counter()
         operation_name = "Unknown"
         try:
-            raw_path, query = _split_target(request)
+            raw_path, query = split_target(request.raw_path)
             operation = router.route(request.method, request.host, raw_path, query, request.headers,
                                      virtual_host_suffixes=self.services.config.virtual_host_suffixes)
             operation_name = operation.name
             access_key_id = requested_access_key(request)
             if access_key_id:
                 await self.keys.load(access_key_id)
-            auth = sigv4.verify_request(
-                request.method, raw_path, query, request.headers, self.keys.secret,
-                datetime.datetime.now(datetime.UTC), region=self.services.config.region)
+            now = datetime.datetime.now(datetime.UTC)
+            if sigv2.is_sigv2(request.headers, query):
+                auth = sigv2.verify_request(request.method, raw_path, query, request.headers, self.keys.secret,
+                                            now, bucket=operation.bucket)
+            else:
+                auth = sigv4.verify_request(request.method, raw_path, query, request.headers, self.keys.secret,
+                                            now, region=self.services.config.region)
             handler = HANDLERS.get(operation.name)
             if handler is None:
                 raise errors.NotImplemented(f"{operation.name} is not implemented by Coffer")

@@ -261,6 +261,15 @@ def test_presigned_urls(cluster: DevCluster, bucket: str) -> None:
     assert s3.get_object(Bucket=bucket, Key="via-url")["Body"].read() == b"uploaded"
 
 
+def test_boto3_default_presigned_urls_sigv2(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="presigned-v2", Body=b"legacy")
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "presigned-v2"}, ExpiresIn=60)
+    assert "AWSAccessKeyId=" in url  # boto3's default presigning is SigV2
+    assert send(urllib.request.Request(url)) == (200, b"legacy")
+    status, body = send(urllib.request.Request(url.replace("presigned-v2", "presigned-v3")))
+    assert status == 403 and b"SignatureDoesNotMatch" in body
+
+
 def test_digest_mismatches_store_nothing(cluster: DevCluster, s3: Any, bucket: str) -> None:
     wrong_md5 = base64.b64encode(hashlib.md5(b"other").digest()).decode()
     assert_s3_error(send(signed_request(cluster, "PUT", f"/{bucket}/bad-md5", b"payload",
