@@ -10,7 +10,6 @@ are etcd's v3 API (https://etcd.io/docs/v3.5/learning/api/).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -111,12 +110,18 @@ class EtcdClient:
 
     async def close(self) -> None:
         """Close the channel and end any watches (their iterators stop)."""
-        with contextlib.suppress(Exception):
-            await self._client.close()
+        # Bounded without cancelling: aetcd's shutdown can block on a dead stream and swallows
+        # cancellation, so a slow close is left to finish in the background.
+        closing = asyncio.ensure_future(self._client.close())
+        await asyncio.wait({closing}, timeout=self._timeout)
+        if closing.done() and not closing.cancelled():
+            closing.exception()  # retrieved: a failed close is of no consequence
 
     async def _call(self, awaitable: Any) -> Any:
         try:
-            return await asyncio.wait_for(awaitable, self._timeout + 1.0)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a concurrent cancel.
+            async with asyncio.timeout(self._timeout + 1.0):
+                return await awaitable
         except (aetcd.ClientError, TimeoutError) as error:
             raise EtcdUnavailable(f"etcd {self.endpoint}: {error!r}") from error
 
@@ -265,7 +270,9 @@ class EtcdClient:
             raise EtcdUnavailable(f"etcd {self.endpoint}: watch {key!r} broke: {error!r}") from error
         finally:
             # Cancel the server-side watch; the stream may already be gone.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(watch.cancel())
+            cancelling = asyncio.ensure_future(watch.cancel())
+            await asyncio.wait({cancelling}, timeout=1.0)
+            if cancelling.done() and not cancelling.cancelled():
+                cancelling.exception()
         # aetcd ends the iterator without an error when the client is closed.
         raise EtcdUnavailable(f"etcd {self.endpoint}: watch {key!r} ended")

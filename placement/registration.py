@@ -46,7 +46,7 @@ class NodeRegistrar:
         if not self._registration.format_version:
             self._registration.format_version = REGISTRATION_FORMAT_VERSION
         self._key = ClusterKeys(prefix).node(registration.node_id)
-        self._etcd = EtcdClient(etcd_endpoint, timeout=max(1.0, ttl_seconds / 3))
+        self._etcd = EtcdClient(etcd_endpoint, timeout=max(2.0, ttl_seconds / 2))
         self._ttl_seconds = ttl_seconds
         self._lease_id: int | None = None
         self._granted_ttl = max(1, math.ceil(ttl_seconds))
@@ -78,13 +78,14 @@ class NodeRegistrar:
             logger.warning("registration failed, will retry", extra={"fields": {"error": str(error)}})
         self._task = asyncio.create_task(self._keep_alive(), name=f"registrar:{self._key}")
 
-    async def wait_registered(self, timeout: float) -> None:  # noqa: ASYNC109 - the documented API
+    async def wait_registered(self, timeout: float) -> None:
         """Wait until the record is in etcd.
 
         Raises:
             TimeoutError: if it is not registered within ``timeout`` seconds.
         """
-        await asyncio.wait_for(self._registered.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._registered.wait()
 
     def update(self, used_bytes: int) -> None:
         """Record the node's used capacity (bytes); written to etcd at the next refresh."""

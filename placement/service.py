@@ -303,8 +303,11 @@ class PlacementService:
             while True:
                 wake.clear()
                 delay = await self._reconcile()
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow our cancellation
+                # when the event fires at the same moment, and stop() would hang.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await wake.wait()
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

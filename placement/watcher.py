@@ -68,7 +68,7 @@ class ClusterMapWatcher:
         """Call ``callback(new_map)`` whenever a newer epoch arrives."""
         self._listeners.append(callback)
 
-    async def start(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109 - the documented API
+    async def start(self, timeout: float = 30.0) -> None:
         """Load the map, waiting until one is published, then watch for newer epochs.
 
         Raises:
@@ -96,7 +96,7 @@ class ClusterMapWatcher:
             await asyncio.sleep(min(_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
         self._task = asyncio.create_task(self._follow(), name="cluster-map-watcher")
 
-    async def wait_for_epoch(self, epoch: int, timeout: float) -> ClusterMap:  # noqa: ASYNC109 - the documented API
+    async def wait_for_epoch(self, epoch: int, timeout: float) -> ClusterMap:
         """Wait until ``current.epoch >= epoch``; return that map.
 
         Raises:

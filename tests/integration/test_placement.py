@@ -1,0 +1,262 @@
+"""Placement against a real etcd: registration leases, the leader publishing epochs, failover.
+
+Each test uses its own key prefix in the module's etcd, so tests do not see each other's keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from placement.cluster_map import ClusterMap, NodeState
+from placement.etcd import EtcdClient
+from placement.keys import ClusterKeys
+from placement.registration import NodeRegistrar
+from placement.service import PlacementService
+from placement.watcher import ClusterMapWatcher, load_cluster_map
+from proto import cluster_pb2
+from tests.fixtures.etcd import EtcdServer
+
+pytestmark = pytest.mark.integration
+
+PG_COUNT = 32
+LEASE_TTL = 2.0  # etcd's minimum lease TTL
+
+
+def run(coroutine: Coroutine[Any, Any, None], timeout: float = 45.0) -> None:
+    """Run a scenario; on a hang, fail with the stacks of every task instead of blocking."""
+
+    async def bounded() -> None:
+        try:
+            await asyncio.wait_for(coroutine, timeout)
+        except TimeoutError:
+            stacks = io.StringIO()
+            for task in asyncio.all_tasks():
+                task.print_stack(file=stacks)
+            pytest.fail(f"scenario hung for {timeout}s; tasks:\n{stacks.getvalue()}")
+
+    asyncio.run(bounded())
+
+
+def new_prefix() -> str:
+    return f"/test-{uuid.uuid4().hex[:8]}/"
+
+
+def registration(index: int) -> cluster_pb2.NodeRegistration:
+    return cluster_pb2.NodeRegistration(
+        format_version=1, node_id=f"node-{index:02d}", address=f"127.0.0.1:{7000 + index}",
+        failure_domain=cluster_pb2.FailureDomain(zone=f"z{index}", rack=f"r{index}", host=f"h{index}"),
+        capacity_bytes=10**12, volumes=[f"/data/node-{index:02d}/v0"],
+    )
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 20.0) -> None:
+    """Poll ``check`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+async def start_registrars(endpoint: str, prefix: str, indexes: range | list[int]) -> list[NodeRegistrar]:
+    registrars = [NodeRegistrar(endpoint, registration(i), ttl_seconds=LEASE_TTL, prefix=prefix) for i in indexes]
+    for registrar in registrars:
+        await registrar.start()
+        await registrar.wait_registered(timeout=10)
+    return registrars
+
+
+async def register_without_keepalive(endpoint: str, prefix: str, index: int) -> None:
+    """A node that registers and then dies: its lease is never refreshed and lapses."""
+    async with EtcdClient(endpoint) as etcd:
+        lease_id, _ = await etcd.grant_lease(LEASE_TTL)
+        await etcd.put(ClusterKeys(prefix).node(f"node-{index:02d}"), registration(index).SerializeToString(),
+                       lease=lease_id)
+
+
+async def map_with(watcher: ClusterMapWatcher, predicate: Callable[[ClusterMap], bool], what: str) -> ClusterMap:
+    async def check() -> bool:
+        return predicate(watcher.current)
+
+    await eventually(check, what)
+    return watcher.current
+
+
+def test_registrar_writes_and_revokes(etcd_server: EtcdServer) -> None:
+    async def scenario() -> None:
+        prefix = new_prefix()
+        (registrar,) = await start_registrars(etcd_server.endpoint, prefix, [1])
+        async with EtcdClient(etcd_server.endpoint) as etcd:
+            kv = await etcd.get(registrar.key)
+            assert kv is not None and kv.lease != 0
+            stored = cluster_pb2.NodeRegistration.FromString(kv.value)
+            assert stored.node_id == "node-01" and stored.format_version == 1
+            registrar.update(used_bytes=12345)
+
+            async def used_written() -> bool:
+                current = await etcd.get(registrar.key)
+                return current is not None and cluster_pb2.NodeRegistration.FromString(
+                    current.value).used_bytes == 12345
+
+            await eventually(used_written, "used_bytes to be written")
+            await registrar.stop()
+            assert await etcd.get(registrar.key) is None  # lease revoked: record gone at once
+
+    run(scenario())
+
+
+def test_first_map_then_down_then_out(etcd_server: EtcdServer) -> None:
+    async def scenario() -> None:
+        prefix = new_prefix()
+        endpoint = etcd_server.endpoint
+        service = PlacementService(endpoint, pg_count=PG_COUNT, down_out_interval=2.0, min_nodes=14,
+                                   instance_id="solo", prefix=prefix, leader_ttl_seconds=2.0)
+        await service.start()
+        registrars = await start_registrars(endpoint, prefix, range(13))
+        watcher = ClusterMapWatcher(endpoint, prefix=prefix)
+        try:
+            async def leading() -> bool:
+                return service.is_leader
+
+            await eventually(leading, "the only service to lead")
+            assert await load_cluster_map(endpoint, prefix=prefix) is None  # 13 < min_nodes
+            with pytest.raises(TimeoutError):
+                await ClusterMapWatcher(endpoint, prefix=prefix).start(timeout=0.5)
+
+            await register_without_keepalive(endpoint, prefix, 13)  # the 14th node, about to die
+            registrars += await start_registrars(endpoint, prefix, [14])
+            await watcher.start(timeout=20)
+            first = watcher.current
+            assert first.epoch >= 1
+            assert first.pg_count == PG_COUNT
+            up = {n.node_id for n in first.nodes.values() if n.state == NodeState.UP}
+            assert len(up) >= 14
+
+            down = await map_with(watcher, lambda m: m.node("node-13").state != NodeState.UP,
+                                  "node-13 to go DOWN")
+            assert down.node("node-13").state == NodeState.DOWN
+            assert any("node-13" in acting for acting in down.acting_sets)  # DOWN keeps its fragments
+
+            out = await map_with(watcher, lambda m: m.node("node-13").state == NodeState.OUT, "node-13 OUT")
+            assert all("node-13" not in acting for acting in out.acting_sets)
+            assert out.epoch > down.epoch
+            assert all(out.node(n).state == NodeState.UP for n in out.nodes if n != "node-13")
+            for before, after in zip(down.acting_sets, out.acting_sets, strict=True):
+                assert all(a == b for a, b in zip(before, after, strict=True) if a != "node-13")
+            assert service.epoch == out.epoch
+        finally:
+            await watcher.stop()
+            for registrar in registrars:
+                await registrar.stop()
+            await service.stop()
+
+    run(scenario())
+
+
+def test_down_node_returns_up(etcd_server: EtcdServer) -> None:
+    async def scenario() -> None:
+        prefix = new_prefix()
+        endpoint = etcd_server.endpoint
+        service = PlacementService(endpoint, pg_count=PG_COUNT, down_out_interval=600.0, min_nodes=14,
+                                   instance_id="solo", prefix=prefix, leader_ttl_seconds=2.0)
+        registrars = await start_registrars(endpoint, prefix, range(15))
+        await service.start()
+        watcher = ClusterMapWatcher(endpoint, prefix=prefix)
+        try:
+            await watcher.start(timeout=20)
+            first = await map_with(watcher, lambda m: len(m.nodes) == 15, "all 15 nodes")
+            await registrars[7].stop()
+            down = await map_with(watcher, lambda m: m.node("node-07").state == NodeState.DOWN, "node-07 DOWN")
+            assert down.acting_sets == first.acting_sets
+            registrars[7] = NodeRegistrar(endpoint, registration(7), ttl_seconds=LEASE_TTL, prefix=prefix)
+            await registrars[7].start()
+            back = await map_with(watcher, lambda m: m.node("node-07").state == NodeState.UP, "node-07 UP")
+            assert back.epoch > down.epoch
+            assert back.acting_sets == first.acting_sets
+        finally:
+            await watcher.stop()
+            for registrar in registrars:
+                await registrar.stop()
+            await service.stop()
+
+    run(scenario())
+
+
+def test_one_leader_and_failover(etcd_server: EtcdServer) -> None:
+    async def scenario() -> None:
+        prefix = new_prefix()
+        endpoint = etcd_server.endpoint
+        services = [
+            PlacementService(endpoint, pg_count=PG_COUNT, down_out_interval=600.0, min_nodes=14,
+                             instance_id=name, prefix=prefix, leader_ttl_seconds=2.0)
+            for name in ("a", "b")
+        ]
+        registrars = await start_registrars(endpoint, prefix, range(14))
+        watcher = ClusterMapWatcher(endpoint, prefix=prefix)
+        try:
+            for service in services:
+                await service.start()
+
+            async def one_leader() -> bool:
+                return sum(s.is_leader for s in services) == 1
+
+            await eventually(one_leader, "exactly one leader")
+            await watcher.start(timeout=20)
+            leader = next(s for s in services if s.is_leader)
+            standby = next(s for s in services if not s.is_leader)
+            async with EtcdClient(endpoint) as etcd:
+                key = await etcd.get(ClusterKeys(prefix).placement_leader)
+                assert key is not None and key.value.decode().startswith(leader.instance_id + "#")
+            await asyncio.sleep(0.5)
+            assert not standby.is_leader  # still exactly one
+
+            await leader.stop()
+
+            async def standby_leads() -> bool:
+                return standby.is_leader
+
+            await eventually(standby_leads, "the standby to take over")
+            before = watcher.current.epoch
+            registrars += await start_registrars(endpoint, prefix, [14])
+            joined = await map_with(watcher, lambda m: "node-14" in m.nodes, "the new leader to add node-14")
+            assert joined.epoch == before + 1
+            assert any("node-14" in acting for acting in joined.acting_sets)
+        finally:
+            await watcher.stop()
+            for registrar in registrars:
+                await registrar.stop()
+            for service in services:
+                await service.stop()
+
+    run(scenario())
+
+
+def test_stale_leader_cannot_publish(etcd_server: EtcdServer) -> None:
+    async def scenario() -> None:
+        prefix = new_prefix()
+        keys = ClusterKeys(prefix)
+        async with EtcdClient(etcd_server.endpoint) as etcd:
+            assert await etcd.compare_and_swap(keys.map, b"one", expected_mod_revision=0)
+            stored = await etcd.get(keys.map)
+            assert stored is not None
+            # Two writers read the same revision: only the first wins.
+            assert await etcd.compare_and_swap(keys.map, b"two", stored.mod_revision)
+            assert not await etcd.compare_and_swap(keys.map, b"three", stored.mod_revision)
+            # A writer whose leader token is not the stored one never wins.
+            latest = await etcd.get(keys.map)
+            assert latest is not None
+            await etcd.put(keys.placement_leader, b"other#1")
+            assert not await etcd.compare_and_swap(
+                keys.map, b"four", latest.mod_revision, guards={keys.placement_leader: b"me#2"})
+            assert (await etcd.get(keys.map)).value == b"two"  # type: ignore[union-attr]
+            assert await etcd.create(keys.placement_leader, b"x") is False
+
+    run(scenario())
