@@ -6,12 +6,14 @@ Record layout (docs/architecture.md, storagenode section):
 
 * key: ``placement group (4 bytes, big-endian) + chunk hash (32 bytes) + fragment index (1 byte)``,
   so one placement group is one contiguous key range;
-* value: a fixed header ``format_version u8, crc32c u32, length u64, chunk_size u64`` (big-endian,
-  packed, 21 bytes) followed by the fragment bytes.
+* header, in the ``fragment_headers`` column family: ``format_version u8, crc32c u32, length u64,
+  chunk_size u64`` (big-endian, packed, 21 bytes);
+* value, in the default column family: the fragment bytes alone (format version 2).
 
-Each volume also keeps the bare header under the same key in a second column family,
-``fragment_headers``, written in the same atomic batch, so that listing a placement group reads a
-few bytes per fragment instead of loading every ~420 KB value out of the blob files.
+Both are written in one atomic batch. Keeping the data bare spares a put the 420 KB copy that
+prepending the header would take and a get the copy of slicing it off; listing a placement group
+reads only the small headers. Format version 1 (still read, never written) stored the header in
+front of the data in the default column family as well.
 
 The volume of a fragment is ``int.from_bytes(chunk_hash[8:16], "big") % len(volumes)`` (bytes 0..7
 already pick the placement group). Writes use a synced WAL (``WriteOptions.sync``) so a put has
@@ -26,6 +28,7 @@ import os
 import shutil
 import struct
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -39,11 +42,16 @@ from storagenode.records import FragmentEntry, StoredFragment, VolumeStats
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 records carry a copy of their header in front of the data in the default column family.
+_FORMAT_VERSION_HEADER_IN_VALUE = 1
 HEADER = struct.Struct(">BIQQ")  # format_version, crc32c, length, chunk_size
 KEY_BYTES = 4 + CHUNK_HASH_BYTES + 1
 HEADERS_COLUMN_FAMILY = "fragment_headers"
 DEFAULT_MIN_FREE_BYTES = 64 * 1024 * 1024
+# statvfs per batch is a syscall per fragment on a lightly loaded node; free space is re-read at
+# most this often and the bytes written since are subtracted in between.
+FREE_SPACE_REFRESH_SECONDS = 1.0
 _MAX_PLACEMENT_GROUP = 2**32 - 1
 _MAX_U64 = 2**64 - 1
 _MAX_U32 = 2**32 - 1
@@ -124,6 +132,24 @@ class _Volume:
         self.db = Rdict(path, _volume_options(), column_families={HEADERS_COLUMN_FAMILY: _headers_options()})
         self.headers = self.db.get_column_family(HEADERS_COLUMN_FAMILY)
         self.headers_handle = self.db.get_column_family_handle(HEADERS_COLUMN_FAMILY)
+        self._free_lock = threading.Lock()
+        self._free_bytes = 0
+        self._free_checked_at = -FREE_SPACE_REFRESH_SECONDS  # monotonic seconds; forces a first read
+
+    def free_bytes(self) -> int:
+        """Bytes free on the volume's disk: statvfs at most every ``FREE_SPACE_REFRESH_SECONDS``,
+        minus what this process wrote since. Raises ``OSError`` when the volume cannot be read."""
+        with self._free_lock:
+            now = time.monotonic()
+            if now - self._free_checked_at >= FREE_SPACE_REFRESH_SECONDS:
+                self._free_bytes = shutil.disk_usage(self.path).free
+                self._free_checked_at = now
+            return self._free_bytes
+
+    def wrote(self, size: int) -> None:
+        """Account ``size`` bytes just written against the cached free space."""
+        with self._free_lock:
+            self._free_bytes -= size
 
     def close(self) -> None:
         # rocksdict keeps the database LOCK while any column-family object is alive: drop them first.
@@ -226,7 +252,7 @@ class FragmentEngine:
         batches: dict[int, tuple[WriteBatch, list[int], int]] = {}
         for position, fragment in enumerate(fragments):
             try:
-                key, value = self._encode(fragment)
+                key, header = self._encode(fragment)
             except StorageError as exc:
                 results[position] = exc
                 continue
@@ -235,10 +261,12 @@ class FragmentEngine:
                 batches[volume_number] = (WriteBatch(raw_mode=True), [], 0)
             batch, positions, size = batches[volume_number]
             volume = self._volumes[volume_number]
-            batch.put(key, value)
-            batch.put(key, value[: HEADER.size], volume.headers_handle)
+            data = fragment.data
+            # rocksdict's raw mode accepts only bytes; gRPC hands us bytes, so this rarely copies.
+            batch.put(key, data if isinstance(data, bytes) else bytes(data))
+            batch.put(key, header, volume.headers_handle)
             positions.append(position)
-            batches[volume_number] = (batch, positions, size + len(value))
+            batches[volume_number] = (batch, positions, size + len(data) + HEADER.size)
         for volume_number, (batch, positions, size) in batches.items():
             error = self._write_batch(self._volumes[volume_number], batch, size)
             if error is not None:
@@ -247,6 +275,7 @@ class FragmentEngine:
         return results
 
     def _encode(self, fragment: FragmentWrite) -> tuple[bytes, bytes]:
+        """Validate ``fragment``; return its key and its header record."""
         key = fragment_key(fragment.chunk_hash, fragment.index, fragment.pg)
         if not 0 <= fragment.chunk_size <= _MAX_U64:
             raise InvalidFragment(f"chunk size must be a u64, got {fragment.chunk_size}")
@@ -256,13 +285,11 @@ class FragmentEngine:
                 f"fragment {fragment.chunk_hash.hex()}/{fragment.index}: CRC32C of data is {actual:#010x}, "
                 f"sender said {fragment.checksum & _MAX_U32:#010x}"
             )
-        header = HEADER.pack(FORMAT_VERSION, actual, len(fragment.data), fragment.chunk_size)
-        # One copy of the data: rocksdict's raw mode accepts only bytes.
-        return key, b"".join((header, fragment.data))
+        return key, HEADER.pack(FORMAT_VERSION, actual, len(fragment.data), fragment.chunk_size)
 
     def _write_batch(self, volume: _Volume, batch: WriteBatch, size: int) -> StorageError | None:
         try:
-            free = shutil.disk_usage(volume.path).free
+            free = volume.free_bytes()
         except OSError as exc:
             return StorageError(f"volume {volume.path} unusable: {exc}")
         if free - size < self._min_free_bytes:
@@ -274,6 +301,7 @@ class FragmentEngine:
                 return StorageFull(f"volume {volume.path}: {exc}")
             logger.exception("volume write failed", extra={"fields": {"volume": volume.path}})
             return StorageError(f"volume {volume.path}: {exc}")
+        volume.wrote(size)
         return None
 
     def delete(self, chunk_hash: bytes, index: int, pg: int) -> bool:
@@ -314,19 +342,36 @@ class FragmentEngine:
         volume = self._volumes[self.volume_index(chunk_hash)]
         self._enter()
         try:
-            value = volume.db.get(key, read_opt=self._fragment_reads)
+            header, value = self._read_record(volume, key)
+            problem = _check_record(header, value)
+            if problem is not None and value is not None:
+                # Header and data are two reads of one atomic batch: a put or delete of the same
+                # fragment in between can pair an old header with new data. Read once more before
+                # calling it corrupt; real corruption fails again.
+                header, value = self._read_record(volume, key)
+                problem = _check_record(header, value)
         except Exception as exc:
             raise StorageError(f"volume {volume.path}: read failed: {exc}") from exc
         finally:
             self._exit()
-        if value is None:
+        if header is None:
             raise FragmentNotFound(f"fragment {chunk_hash.hex()}/{index} (pg {pg}) not on this node")
-        problem = _check_record(value)
         if problem is not None:
             self._report_corrupt(volume.path, chunk_hash, index, problem)
             raise FragmentCorrupt(f"fragment {chunk_hash.hex()}/{index}: {problem}")
-        _version, checksum, _length, chunk_size = HEADER.unpack_from(value)
-        return StoredFragment(data=value[HEADER.size :], checksum=checksum, chunk_size=chunk_size)
+        assert value is not None  # _check_record reports a missing value
+        version, checksum, _length, chunk_size = HEADER.unpack(header)
+        if version == _FORMAT_VERSION_HEADER_IN_VALUE:
+            value = value[HEADER.size :]
+        return StoredFragment(data=value, checksum=checksum, chunk_size=chunk_size)
+
+    def _read_record(self, volume: _Volume, key: bytes) -> tuple[bytes | None, bytes | None]:
+        """Return ``(header, value)`` of ``key``; ``(None, None)`` when no header exists."""
+        header = volume.headers.get(key)
+        if header is None:
+            return None, None
+        value = volume.db.get(key, read_opt=self._fragment_reads)
+        return header, value
 
     def _report_corrupt(self, volume_path: str, chunk_hash: bytes, index: int, problem: str) -> None:
         with self._gate:
@@ -418,16 +463,28 @@ class FragmentEngine:
                 self._gate.notify_all()
 
 
-def _check_record(value: bytes) -> str | None:
-    """Return why a stored record is bad, or None when its header and CRC32C check out."""
-    if len(value) < HEADER.size:
-        return f"record of {len(value)} bytes is shorter than its header"
-    version, checksum, length, _chunk_size = HEADER.unpack_from(value)
-    if version != FORMAT_VERSION:
+def _check_record(header: bytes | None, value: bytes | None) -> str | None:
+    """Return why a stored record (header + value) is bad, or None when it checks out.
+
+    A missing header means "not found" and is not a problem; a header without a value is.
+    """
+    if header is None:
+        return None
+    if len(header) != HEADER.size:
+        return f"header record of {len(header)} bytes, expected {HEADER.size}"
+    version, checksum, length, _chunk_size = HEADER.unpack(header)
+    if value is None:
+        return "header present but fragment data missing"
+    data = memoryview(value)
+    if version == _FORMAT_VERSION_HEADER_IN_VALUE:
+        if len(value) < HEADER.size or value[: HEADER.size] != header:
+            return "format 1 record: header in value differs from header record"
+        data = data[HEADER.size :]
+    elif version != FORMAT_VERSION:
         return f"unknown record format version {version}"
-    if length != len(value) - HEADER.size:
-        return f"header says {length} bytes of data, record holds {len(value) - HEADER.size}"
-    actual = crc32c(memoryview(value)[HEADER.size :])
+    if length != len(data):
+        return f"header says {length} bytes of data, record holds {len(data)}"
+    actual = crc32c(data)
     if actual != checksum:
         return f"CRC32C is {actual:#010x}, stored {checksum:#010x}"
     return None

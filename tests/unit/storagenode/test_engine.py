@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,14 @@ import pytest
 from awscrt.checksums import crc32c
 from rocksdict import Options, Rdict
 
-from storagenode.engine import HEADER, HEADERS_COLUMN_FAMILY, FragmentEngine, FragmentWrite, fragment_key
+from storagenode.engine import (
+    FORMAT_VERSION,
+    HEADER,
+    HEADERS_COLUMN_FAMILY,
+    FragmentEngine,
+    FragmentWrite,
+    fragment_key,
+)
 from storagenode.errors import FragmentCorrupt, FragmentNotFound, InvalidFragment, StorageError, StorageFull
 
 
@@ -207,3 +215,86 @@ def test_second_engine_on_the_same_volume_is_refused(volumes: list[str]) -> None
     finally:
         engine.close()
     assert os.path.isdir(volumes[0])
+
+
+def _open_raw(volume: str) -> Rdict:
+    return Rdict(volume, Options(raw_mode=True), column_families={HEADERS_COLUMN_FAMILY: Options(raw_mode=True)})
+
+
+def test_put_stores_bare_data_and_the_versioned_header_beside_it(volumes: list[str]) -> None:
+    engine = FragmentEngine(volumes, min_free_bytes=0)
+    data = fragment(11, 100_000)
+    chunk_hash = chunk_hash_for(11)
+    engine.put(chunk_hash, 2, 8, data, crc32c(data), 1_000_000)
+    engine.close()
+    raw = _open_raw(volumes[int.from_bytes(chunk_hash[8:16], "big") % len(volumes)])
+    try:
+        key = fragment_key(chunk_hash, 2, 8)
+        headers = raw.get_column_family(HEADERS_COLUMN_FAMILY)
+        assert raw[key] == data
+        assert HEADER.unpack(headers[key] or b"") == (FORMAT_VERSION, crc32c(data), len(data), 1_000_000)
+        del headers
+    finally:
+        raw.close()
+
+
+def test_format_1_records_with_the_header_in_front_of_the_data_still_read(volumes: list[str]) -> None:
+    data = fragment(12, 50_000)
+    chunk_hash = chunk_hash_for(12)
+    key = fragment_key(chunk_hash, 5, 3)
+    header = HEADER.pack(1, crc32c(data), len(data), 500_000)
+    FragmentEngine(volumes, min_free_bytes=0).close()  # creates the databases and column families
+    raw = _open_raw(volumes[int.from_bytes(chunk_hash[8:16], "big") % len(volumes)])
+    try:
+        raw[key] = header + data
+        headers = raw.get_column_family(HEADERS_COLUMN_FAMILY)
+        headers[key] = header
+        del headers
+    finally:
+        raw.close()
+    engine = FragmentEngine(volumes, min_free_bytes=0)
+    try:
+        stored = engine.get(chunk_hash, 5, 3)
+        assert (stored.data, stored.checksum, stored.chunk_size) == (data, crc32c(data), 500_000)
+        assert [entry.length for entry in engine.list_pg(3)] == [len(data)]
+    finally:
+        engine.close()
+
+
+def test_header_without_data_is_reported_as_corrupt(volumes: list[str]) -> None:
+    engine = FragmentEngine(volumes, min_free_bytes=0)
+    data = fragment(13, 10_000)
+    chunk_hash = chunk_hash_for(13)
+    engine.put(chunk_hash, 1, 1, data, crc32c(data), 100_000)
+    engine.close()
+    raw = _open_raw(volumes[int.from_bytes(chunk_hash[8:16], "big") % len(volumes)])
+    try:
+        del raw[fragment_key(chunk_hash, 1, 1)]
+    finally:
+        raw.close()
+    engine = FragmentEngine(volumes, min_free_bytes=0)
+    try:
+        with pytest.raises(FragmentCorrupt):
+            engine.get(chunk_hash, 1, 1)
+        assert engine.corrupt_fragments_detected == 1
+    finally:
+        engine.close()
+
+
+def test_free_space_reserve_counts_bytes_written_since_the_last_disk_check(volumes: list[str]) -> None:
+    engine = FragmentEngine(volumes[:1], min_free_bytes=0)
+    try:
+        engine.put(chunk_hash_for(1), 0, 0, b"x", crc32c(b"x"), 1)  # caches the free space
+    finally:
+        engine.close()
+    free = shutil.disk_usage(volumes[0]).free
+    data = fragment(14, 1_000_000)
+    # A reserve just below today's free space: one 1 MB put fits, the next one (counted against the
+    # cached free space, not yet re-read from the disk) does not.
+    engine = FragmentEngine(volumes[:1], min_free_bytes=free - 1_600_000)
+    try:
+        engine.put(chunk_hash_for(2), 0, 0, data, crc32c(data), 1)
+        with pytest.raises(StorageFull):
+            engine.put(chunk_hash_for(3), 0, 0, data, crc32c(data), 1)
+    finally:
+        engine.close()
