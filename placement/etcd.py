@@ -57,6 +57,19 @@ class WatchEvent:
     revision: int
 
 
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has finished, cancelling again while it runs on.
+
+    aetcd (and ``asyncio.wait_for`` on Python 3.11) can swallow a cancellation that races with a
+    completion, so a single ``cancel()`` may not end a task that watches etcd.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    if not task.cancelled():
+        task.exception()  # retrieved so it is not reported as unhandled; callers only stop it
+
+
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
     """Split ``host:port`` (an ``http://`` scheme is tolerated) into host and port.
 

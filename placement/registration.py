@@ -9,12 +9,11 @@ snapshot, keep-alives missed), it keeps retrying, re-granting a lease and re-wri
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
 
-from placement.etcd import EtcdClient, EtcdUnavailable
+from placement.etcd import EtcdClient, EtcdUnavailable, cancel_and_wait
 from placement.keys import DEFAULT_PREFIX, ClusterKeys
 from proto import cluster_pb2
 
@@ -97,9 +96,7 @@ class NodeRegistrar:
         """Stop refreshing and revoke the lease, which deletes the record at once (best effort:
         if etcd is unreachable the record lapses with the lease)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         if self._lease_id is not None:
             try:

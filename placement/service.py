@@ -35,7 +35,7 @@ from prometheus_client import Gauge
 
 from common.layout import DEFAULT_PG_COUNT
 from placement.cluster_map import ClusterMap, Node, NodeState, node_from_registration
-from placement.etcd import EtcdClient, EtcdUnavailable, KeyValue
+from placement.etcd import EtcdClient, EtcdUnavailable, KeyValue, cancel_and_wait
 from placement.keys import DEFAULT_PREFIX, ClusterKeys
 from placement.registration import REGISTRATION_FORMAT_VERSION
 from placement.rendezvous import InsufficientNodes, compute_acting_sets
@@ -213,9 +213,7 @@ class PlacementService:
     async def stop(self) -> None:
         """Stop; a leader revokes its lease so a standby takes over at once."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         await self._resign()
         await self._etcd.close()
@@ -268,8 +266,7 @@ class PlacementService:
             raise LostLeadership("leader lease expired")
         finally:
             for task in (hold, lead):
-                task.cancel()
-            await asyncio.gather(hold, lead, return_exceptions=True)
+                await cancel_and_wait(task)
 
     async def _wait_for_vacancy(self, ttl: float) -> None:
         """Return when the leader key is deleted, or after ``ttl`` seconds (to campaign again)."""
@@ -309,9 +306,7 @@ class PlacementService:
                     async with asyncio.timeout(delay):
                         await wake.wait()
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await cancel_and_wait(watcher)
 
     async def _watch_registrations(self, wake: asyncio.Event) -> None:
         while True:
@@ -436,7 +431,18 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     serve_metrics("127.0.0.1", args.metrics_port)
-    uvloop.run(_serve(args, instance_id))
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(_serve(args, instance_id))
+    finally:
+        # Bounded teardown instead of asyncio.run's unbounded one: aetcd's watch tasks can swallow
+        # cancellation, which would keep a SIGTERMed process alive.
+        leftovers = asyncio.all_tasks(loop)
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            loop.run_until_complete(asyncio.wait(leftovers, timeout=2.0))
+        loop.close()
     return 0
 
 

@@ -8,14 +8,13 @@ replaced by a higher epoch.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from placement.cluster_map import ClusterMap
-from placement.etcd import EtcdClient, EtcdUnavailable
+from placement.etcd import EtcdClient, EtcdUnavailable, cancel_and_wait
 from placement.keys import DEFAULT_PREFIX, ClusterKeys
 
 logger = logging.getLogger(__name__)
@@ -109,9 +108,7 @@ class ClusterMapWatcher:
     async def stop(self) -> None:
         """Stop watching and close the etcd connection; ``current`` keeps the last map."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         if self._etcd is not None:
             await self._etcd.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from placement.cluster_map import NodeState
-from placement.etcd import EtcdClient
+from placement.etcd import EtcdClient, EtcdUnavailable
 from placement.keys import ClusterKeys
 from placement.registration import NodeRegistrar
 from placement.service import PlacementService
@@ -114,7 +114,10 @@ def test_placement_service_process(etcd_server: EtcdServer, tmp_path: Path) -> N
 
     async def leader_value() -> bytes | None:
         async with EtcdClient(etcd_server.endpoint) as etcd:
-            kv = await etcd.get(keys.placement_leader)
+            try:
+                kv = await etcd.get(keys.placement_leader)
+            except EtcdUnavailable:  # etcd still starting
+                return b"unavailable"
             return None if kv is None else kv.value
 
     def metrics() -> str:
