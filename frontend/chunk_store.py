@@ -19,7 +19,7 @@ import asyncio
 import hashlib
 import itertools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,13 @@ from prometheus_client import Counter
 
 from common.layout import CHUNK_HASH_BYTES, DATA_FRAGMENTS, STRIPE_WIDTH, WRITE_QUORUM, placement_group
 from frontend.datapath_errors import ChunkCorrupt, ChunkUnavailable, InsufficientFragments
-from frontend.erasure import ErasureCoder, data_fragment_payload_range, fragment_bytes, fragment_header_bytes
+from frontend.erasure import (
+    ChunkBuffer,
+    ErasureCoder,
+    data_fragment_payload_range,
+    fragment_bytes,
+    fragment_header_bytes,
+)
 from storagenode.errors import FragmentCorrupt, StorageError
 
 if TYPE_CHECKING:
@@ -127,6 +133,23 @@ class ChunkStore:
             raise ValueError(f"chunk hash must be {CHUNK_HASH_BYTES} bytes, got {len(chunk_hash)}")
         chunk_size = len(memoryview(data).cast("B"))
         fragments = await self._coder.encode(data)
+        return await self._write_stripe(chunk_hash, chunk_size, fragments)
+
+    async def write_chunk_buffer(self, chunk_hash: bytes, buffer: ChunkBuffer, chunk_size: int) -> int:
+        """``write_chunk`` for a chunk assembled in ``buffer.view[:chunk_size]`` (``ErasureCoder.try_chunk_buffer``).
+
+        Encoded in place; fragments are sent from the buffer without copies of their own. The
+        caller keeps ownership: release the buffer after this returns or raises. Same result and
+        errors as ``write_chunk``.
+        """
+        if len(chunk_hash) != CHUNK_HASH_BYTES:
+            raise ValueError(f"chunk hash must be {CHUNK_HASH_BYTES} bytes, got {len(chunk_hash)}")
+        fragments = await self._coder.encode_buffer(buffer, chunk_size)
+        return await self._write_stripe(chunk_hash, chunk_size, fragments)
+
+    async def _write_stripe(
+        self, chunk_hash: bytes, chunk_size: int, fragments: Sequence[bytes | memoryview]
+    ) -> int:
         cluster_map = self._cluster_map()
         pg = placement_group(chunk_hash, cluster_map.pg_count)
         targets = self._targets(cluster_map, pg)
@@ -200,12 +223,23 @@ class ChunkStore:
         return len(durable)
 
     async def _put(
-        self, target: _Target, *, chunk_hash: bytes, pg: int, fragment: bytes, chunk_size: int, epoch: int
+        self,
+        target: _Target,
+        *,
+        chunk_hash: bytes,
+        pg: int,
+        fragment: bytes | memoryview,
+        chunk_size: int,
+        epoch: int,
     ) -> None:
         client = self._nodes.client(target.node_id, target.address)
         await client.put_fragment(chunk_hash, target.index, pg, fragment, chunk_size, epoch)
 
     # ---- read ----------------------------------------------------------------------------------
+
+    def try_chunk_buffer(self) -> ChunkBuffer | None:
+        """A buffer to assemble a chunk in for ``write_chunk_buffer``, or None when none is free."""
+        return self._coder.try_chunk_buffer()
 
     async def read_chunk(
         self, chunk_hash: bytes, chunk_size: int, start: int = 0, end: int | None = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import logging
 import multiprocessing
@@ -175,6 +176,26 @@ def _decode_in_worker(
 # ---- parent side -------------------------------------------------------------------------------
 
 
+class ChunkBuffer:
+    """A shared-memory slot a caller fills with one chunk, then encodes in place (``ErasureCoder.try_chunk_buffer``).
+
+    ``view`` is a writable ``memoryview`` of ``max_chunk_size`` bytes. After ``ErasureCoder.encode_buffer``
+    the 14 fragments it returns are views into the same slot: they, and ``view``, stay valid until
+    ``release()``. Release exactly once (idempotent); the slot goes back to the coder.
+    """
+
+    def __init__(self, coder: ErasureCoder, slot: _Slot) -> None:
+        self._coder: ErasureCoder | None = coder
+        self.slot = slot
+        self.view = _buffer(slot.memory)[: coder.max_chunk_size]
+
+    def release(self) -> None:
+        """Give the slot back; every view obtained from this buffer must no longer be used."""
+        coder, self._coder = self._coder, None
+        if coder is not None:
+            coder._release_fill_slot(self.slot)
+
+
 @dataclass
 class _Slot:
     """One shared-memory buffer: an input area ``[0, area)`` and an output area ``[area, 2*area)``."""
@@ -185,11 +206,11 @@ class _Slot:
 
 def _release_segments(segments: list[SharedMemory]) -> None:
     for shm in segments:
-        try:
+        # A view still referenced somewhere keeps the mapping until it goes; unlink regardless.
+        with contextlib.suppress(BufferError):
             shm.close()
+        with contextlib.suppress(FileNotFoundError):
             shm.unlink()
-        except (BufferError, FileNotFoundError):
-            pass
 
 
 class ErasureCoder:
@@ -197,21 +218,26 @@ class ErasureCoder:
 
     ``max_chunk_size`` (bytes, default ``CHUNK_SIZE``) bounds the chunks accepted; it sizes the
     ``2 * workers`` shared-memory slots (~12 MB each for 4 MiB chunks) through which chunks and
-    fragments travel. Workers are started with the ``spawn`` method (safe beside gRPC's threads)
+    fragments travel, plus ``chunk_buffers`` slots lent out by ``try_chunk_buffer`` so that a
+    writer can assemble a chunk where the worker reads it and send fragments from where the worker
+    wrote them (no copies in between). Workers are started with the ``spawn`` method (safe beside gRPC's threads)
     and run ``tune_malloc()`` first; the parent runs it too, before the pool starts, so the
     thresholds are also in the environment the workers inherit. Use from one event loop at a time.
     Call ``close()`` to stop the workers and free the shared memory.
     """
 
-    def __init__(self, workers: int = 2, *, max_chunk_size: int = CHUNK_SIZE) -> None:
-        if workers < 1:
-            raise ValueError("workers must be at least 1")
+    def __init__(self, workers: int = 2, *, max_chunk_size: int = CHUNK_SIZE, chunk_buffers: int = 8) -> None:
+        if workers < 1 or chunk_buffers < 0:
+            raise ValueError("workers must be at least 1 and chunk_buffers not negative")
         tune_malloc()
         self.max_chunk_size = max_chunk_size
         fragment_length = fragment_bytes(max_chunk_size)
         area = max(max_chunk_size, STRIPE_WIDTH * fragment_length)
-        self._segments = [SharedMemory(create=True, size=2 * area) for _ in range(2 * workers)]
-        self._free: list[_Slot] = [_Slot(shm, area) for shm in self._segments]
+        self._segments = [SharedMemory(create=True, size=2 * area) for _ in range(2 * workers + chunk_buffers)]
+        slots = [_Slot(shm, area) for shm in self._segments]
+        self._free: list[_Slot] = slots[: 2 * workers]
+        # Slots lent to callers that assemble a chunk in place (never waited for: see try_chunk_buffer).
+        self._fill_free: list[_Slot] = slots[2 * workers :]
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._workers = workers
         self._executor = self._new_executor()
@@ -267,6 +293,64 @@ class ErasureCoder:
             ]
         finally:
             self._release(slot)
+
+    def try_chunk_buffer(self) -> ChunkBuffer | None:
+        """Lend a shared-memory slot to fill with a chunk, or None when all are lent (no waiting).
+
+        Never waits, so a slow client filling a buffer cannot hold up others: when none is free the
+        caller assembles the chunk elsewhere and uses ``encode``. Raises RuntimeError when closed.
+        """
+        self._check_open()
+        if not self._fill_free:
+            return None
+        return ChunkBuffer(self, self._fill_free.pop())
+
+    def _release_fill_slot(self, slot: _Slot) -> None:
+        if slot not in self._fill_free:
+            self._fill_free.append(slot)
+
+    async def encode_buffer(self, buffer: ChunkBuffer, length: int) -> list[memoryview]:
+        """Encode the chunk in ``buffer.view[:length]`` (1..``max_chunk_size`` bytes) in place.
+
+        Returns the 14 fragments (header then payload, ``fragment_bytes(length)`` bytes each) as
+        read-only views into the buffer, valid until ``buffer.release()``. The chunk bytes are
+        left unchanged. If the caller is cancelled while the worker runs, the buffer is released
+        only when the worker is done (the caller must still call ``release()``; it is idempotent).
+
+        Raises:
+            ValueError: ``length`` out of range. RuntimeError: the coder is closed or the buffer
+                was released. BrokenProcessPool: a worker died (the pool is restarted).
+        """
+        self._check_open()
+        if buffer._coder is not self:
+            raise RuntimeError("chunk buffer was released or belongs to another coder")
+        if not 0 < length <= self.max_chunk_size:
+            raise ValueError(f"chunk must be 1..{self.max_chunk_size} bytes, got {length}")
+        slot = buffer.slot
+        if length <= INLINE_MAX_BYTES:
+            fragments = [memoryview(f) for f in _driver().encode(bytes(buffer.view[:length]))]
+            return [f.toreadonly() for f in fragments]
+        loop = asyncio.get_running_loop()
+        executor = self._executor
+        try:
+            job = loop.run_in_executor(executor, _encode_in_worker, slot.memory.name, length, slot.area)
+        except BrokenProcessPool:
+            self._replace_broken_pool(executor)
+            executor = self._executor
+            job = loop.run_in_executor(executor, _encode_in_worker, slot.memory.name, length, slot.area)
+        try:
+            fragment_length = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # The worker may still write into the slot: keep it lent until the job ends.
+            buffer._coder = None
+            job.add_done_callback(lambda _job: self._release_fill_slot(slot))
+            raise
+        except BrokenProcessPool:
+            self._replace_broken_pool(executor)
+            raise
+        output = _buffer(slot.memory).toreadonly()
+        base = slot.area
+        return [output[base + i * fragment_length : base + (i + 1) * fragment_length] for i in range(STRIPE_WIDTH)]
 
     async def decode(self, fragments: Mapping[int, bytes], chunk_size: int) -> bytes:
         """Rebuild a ``chunk_size``-byte chunk from at least 10 of its fragments.
@@ -399,6 +483,7 @@ class ErasureCoder:
 
 __all__ = [
     "INLINE_MAX_BYTES",
+    "ChunkBuffer",
     "ErasureCoder",
     "data_fragment_payload_range",
     "fragment_bytes",

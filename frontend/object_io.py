@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from common.layout import CHUNK_SIZE
 from frontend.chunk_store import ChunkStore
 from frontend.datapath_errors import EntityTooLarge
+from frontend.erasure import ChunkBuffer
 from metadata.records import ChunkRef
 
 #: Chunks fetched ahead of the one being sent by ``read_stream`` (the one being sent included).
@@ -58,6 +59,16 @@ class WrittenContent:
     new_chunk_count: int
 
 
+def _new_chunk_target(store: ChunkStore, chunk_size: int) -> tuple[ChunkBuffer | None, memoryview]:
+    """Where to assemble the next chunk: an erasure-coder buffer if one is free, else a bytearray."""
+    buffer = store.try_chunk_buffer()
+    if buffer is not None:
+        if len(buffer.view) >= chunk_size:
+            return buffer, buffer.view[:chunk_size]
+        buffer.release()
+    return None, memoryview(bytearray(chunk_size))
+
+
 def _feed(hashers: Sequence[Hasher], data: memoryview) -> None:
     for hasher in hashers:
         hasher.update(data)
@@ -79,9 +90,17 @@ class _ChunkWriter:
         self.previous_stream_update: asyncio.Future[None] | None = None
         # Identical chunks within one body are written once.
         self.writes: dict[str, asyncio.Task[bool]] = {}
+        # Erasure-coder buffers owned by chunks still being hashed or written.
+        self.buffers: set[ChunkBuffer] = set()
 
-    async def submit(self, chunk: memoryview, offset: int) -> None:
-        """Queue ``chunk`` (kept unchanged by the caller) at body ``offset``; waits while too many run."""
+    async def submit(self, chunk: memoryview, offset: int, buffer: ChunkBuffer | None = None) -> None:
+        """Queue ``chunk`` (kept unchanged by the caller) at body ``offset``; waits while too many run.
+
+        ``buffer``: the erasure coder's buffer ``chunk`` was assembled in (``chunk`` is a view of
+        it); the writer owns it from now on and releases it once the chunk is hashed and stored.
+        """
+        if buffer is not None:
+            self.buffers.add(buffer)
         while len(self.in_flight) >= self.parallel_chunks:
             done, self.in_flight = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -89,34 +108,45 @@ class _ChunkWriter:
         previous = self.previous_stream_update
         stream_update = asyncio.ensure_future(self._update_stream_hashers(previous, chunk))
         self.previous_stream_update = stream_update
-        ref_task = asyncio.create_task(self._store_chunk(chunk, offset))
+        ref_task = asyncio.create_task(self._store_chunk(chunk, offset, buffer))
         self.results.append(ref_task)
-        self.in_flight.add(asyncio.create_task(self._both(stream_update, ref_task)))
+        self.in_flight.add(asyncio.create_task(self._both(stream_update, ref_task, buffer)))
 
-    @staticmethod
-    async def _both(stream_update: asyncio.Future[None], ref_task: asyncio.Task[ChunkRef]) -> None:
+    async def _both(
+        self, stream_update: asyncio.Future[None], ref_task: asyncio.Task[ChunkRef], buffer: ChunkBuffer | None
+    ) -> None:
         await asyncio.gather(stream_update, ref_task)
+        if buffer is not None:
+            # Both readers of the chunk are done. (On failure ``cancel`` releases it once every
+            # task that might still read it has stopped.)
+            self.buffers.discard(buffer)
+            buffer.release()
 
     async def _update_stream_hashers(self, previous: asyncio.Future[None] | None, chunk: memoryview) -> None:
         if previous is not None:
             await previous
         await asyncio.to_thread(_feed, self.hashers, chunk)
 
-    async def _store_chunk(self, chunk: memoryview, offset: int) -> ChunkRef:
+    async def _store_chunk(self, chunk: memoryview, offset: int, buffer: ChunkBuffer | None) -> ChunkRef:
         digest = await asyncio.to_thread(lambda: hashlib.sha256(chunk).digest())
         hex_hash = digest.hex()
         write = self.writes.get(hex_hash)
         if write is None:
-            write = asyncio.create_task(self._write_if_absent(digest, hex_hash, chunk))
+            write = asyncio.create_task(self._write_if_absent(digest, hex_hash, chunk, buffer))
             self.writes[hex_hash] = write
         await asyncio.shield(write)  # another chunk of this body may wait on the same write
         return ChunkRef(hash=hex_hash, size=len(chunk), offset=offset)
 
-    async def _write_if_absent(self, digest: bytes, hex_hash: str, chunk: memoryview) -> bool:
+    async def _write_if_absent(
+        self, digest: bytes, hex_hash: str, chunk: memoryview, buffer: ChunkBuffer | None
+    ) -> bool:
         present = await asyncio.to_thread(self.metadata.chunks_present, [hex_hash])
         if hex_hash in present:
             return False
-        await self.store.write_chunk(digest, chunk)
+        if buffer is not None:
+            await self.store.write_chunk_buffer(digest, buffer, len(chunk))
+        else:
+            await self.store.write_chunk(digest, chunk)
         return True
 
     async def finish(self) -> tuple[tuple[ChunkRef, ...], int]:
@@ -136,6 +166,9 @@ class _ChunkWriter:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        buffers, self.buffers = self.buffers, set()
+        for buffer in buffers:
+            buffer.release()
 
 
 async def write_stream(
@@ -169,7 +202,10 @@ async def write_stream(
     writer = _ChunkWriter(store, metadata, [md5, *observers], parallel_chunks)
     size = 0
     chunk_offset = 0
-    buffer = bytearray(chunk_size)
+    # The chunk being assembled: a view of ``coder_buffer`` (where the erasure worker reads it, so
+    # it is never copied again) when one is free, else of a private bytearray.
+    coder_buffer: ChunkBuffer | None = None
+    target = memoryview(bytearray(0))
     filled = 0
     try:
         async for piece in body:
@@ -184,19 +220,24 @@ async def write_stream(
                     chunk_offset += chunk_size
                     view = view[chunk_size:]
                     continue
+                if filled == 0:
+                    coder_buffer, target = _new_chunk_target(store, chunk_size)
                 take = min(chunk_size - filled, len(view))
-                buffer[filled : filled + take] = view[:take]
+                target[filled : filled + take] = view[:take]
                 filled += take
                 view = view[take:]
                 if filled == chunk_size:
-                    await writer.submit(memoryview(buffer), chunk_offset)
+                    # The submitted chunk (and its buffer) now belongs to the writer.
+                    submitted, coder_buffer, filled = coder_buffer, None, 0
+                    await writer.submit(target, chunk_offset, submitted)
                     chunk_offset += chunk_size
-                    buffer = bytearray(chunk_size)  # the submitted buffer now belongs to its chunk
-                    filled = 0
         if filled:
-            await writer.submit(memoryview(buffer)[:filled], chunk_offset)
+            submitted, coder_buffer = coder_buffer, None
+            await writer.submit(target[:filled], chunk_offset, submitted)
         chunks, new_chunks = await writer.finish()
     except BaseException:
+        if coder_buffer is not None:
+            coder_buffer.release()
         await writer.cancel()
         raise
     return WrittenContent(size=size, md5_hex=md5.hexdigest(), chunks=chunks, new_chunk_count=new_chunks)

@@ -1,0 +1,68 @@
+"""Unit tests of the PUT data path's copy-avoiding parts: erasure-coder chunk buffers (real worker
+processes and shared memory) and the storage-node client's hand-serialized put requests (parsed
+back by real protobuf)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from common.layout import STRIPE_WIDTH
+from frontend.erasure import INLINE_MAX_BYTES, ErasureCoder, fragment_bytes
+from proto import storage_pb2
+from storagenode.client import _serialize_put
+
+
+@pytest.fixture(scope="module")
+def coder() -> Iterator[ErasureCoder]:
+    with ErasureCoder(workers=1, chunk_buffers=2) as erasure_coder:
+        yield erasure_coder
+
+
+@pytest.mark.parametrize("size", [1, INLINE_MAX_BYTES + 1, 1_000_003])
+def test_encode_in_buffer_matches_encode_and_leaves_the_chunk(coder: ErasureCoder, size: int) -> None:
+    chunk = os.urandom(size)
+    buffer = coder.try_chunk_buffer()
+    assert buffer is not None
+    try:
+        buffer.view[:size] = chunk
+        in_place = asyncio.run(coder.encode_buffer(buffer, size))
+        assert len(in_place) == STRIPE_WIDTH
+        assert all(len(fragment) == fragment_bytes(size) for fragment in in_place)
+        copied = asyncio.run(coder.encode(chunk))
+        assert [bytes(fragment) for fragment in in_place] == copied
+        assert bytes(buffer.view[:size]) == chunk
+    finally:
+        buffer.release()
+
+
+def test_buffers_are_lent_without_waiting_and_come_back(coder: ErasureCoder) -> None:
+    first, second = coder.try_chunk_buffer(), coder.try_chunk_buffer()
+    assert first is not None and second is not None
+    assert coder.try_chunk_buffer() is None  # all lent: the caller falls back, never waits
+    first.release()
+    first.release()  # idempotent: the slot is not handed out twice
+    third = coder.try_chunk_buffer()
+    assert third is not None
+    assert coder.try_chunk_buffer() is None
+    with pytest.raises(RuntimeError):
+        asyncio.run(coder.encode_buffer(first, 10))  # a released buffer is refused
+    second.release()
+    third.release()
+
+
+@pytest.mark.parametrize("length", [0, 1, 127, 128, 16_383, 16_384, 420_000])
+def test_serialized_put_parses_as_the_protobuf_message(length: int) -> None:
+    data = os.urandom(length)
+    put = storage_pb2.PutFragmentRequest(
+        chunk_hash=bytes(range(32)), fragment_index=13, placement_group=300, checksum=0xFFFFFFFF,
+        chunk_size=4 << 20, epoch=2**40,
+    )
+    parsed = storage_pb2.FragmentRequest.FromString(_serialize_put(2**35 + 7, put, memoryview(data)))
+    expected = storage_pb2.PutFragmentRequest()
+    expected.CopyFrom(put)
+    expected.data = data
+    assert parsed == storage_pb2.FragmentRequest(request_id=2**35 + 7, put=expected)
