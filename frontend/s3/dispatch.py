@@ -48,6 +48,7 @@ HANDLERS: dict[str, Handler] = {
     "DeleteObjects": handlers_object.delete_objects,
     "CreateMultipartUpload": handlers_multipart.create_multipart_upload,
     "UploadPart": handlers_multipart.upload_part,
+    "UploadPartCopy": handlers_multipart.upload_part_copy,
     "CompleteMultipartUpload": handlers_multipart.complete_multipart_upload,
     "AbortMultipartUpload": handlers_multipart.abort_multipart_upload,
     "ListParts": handlers_multipart.list_parts,

@@ -20,7 +20,7 @@ from frontend import object_io
 from frontend.config import MAX_PART_BYTES, MAX_PART_NUMBER, MIN_PART_BYTES
 from frontend.s3 import checksums, errors, names, xml
 from frontend.s3.context import S3Call, iso8601
-from frontend.s3.handlers_object import checksum_headers, quote_etag, require_bucket
+from frontend.s3.handlers_object import checksum_headers, copy_source, quote_etag, require_bucket
 from frontend.s3.object_headers import DEFAULT_CONTENT_TYPE, system_metadata, user_metadata
 from frontend.s3.payload import Payload, read_small_body
 from metadata.store import ChunkRef, MultipartUpload, ObjectRecord, PartRecord
@@ -85,6 +85,55 @@ async def upload_part(call: S3Call) -> web.StreamResponse:
                       last_modified=time.time(), checksums=verified, chunks=written.chunks)
     await call.services.meta(call.services.metadata.put_part, upload.upload_id, part)
     return web.Response(status=200, headers={"ETag": part.etag, **checksum_headers(verified)})
+
+
+def parse_copy_source_range(value: str | None, size: int) -> tuple[int, int]:
+    """``x-amz-copy-source-range: bytes=first-last`` as ``[start, end)`` within a source of ``size``.
+
+    Without the header the whole source is copied.
+
+    Raises:
+        errors.InvalidArgument: malformed, or not within the source object (as S3 answers).
+    """
+    if value is None:
+        return 0, size
+    unit, _, spec = value.strip().partition("=")
+    first, _, last = spec.partition("-")
+    if unit != "bytes" or not first.isdigit() or not last.isdigit() or int(last) < int(first):
+        raise errors.InvalidArgument("The x-amz-copy-source-range value must be of the form bytes=first-last "
+                                     "where first and last are the zero-based offsets of the first and last "
+                                     "bytes to copy", ArgumentName="x-amz-copy-source-range",
+                                     ArgumentValue=value)
+    start, end = int(first), int(last) + 1
+    if end > size:
+        raise errors.InvalidArgument(f"Range specified is not valid for source object of size: {size}",
+                                     ArgumentName="x-amz-copy-source-range", ArgumentValue=value)
+    return start, end
+
+
+async def upload_part_copy(call: S3Call) -> web.StreamResponse:
+    """UploadPartCopy (PUT ?partNumber&uploadId with x-amz-copy-source): a part made of a byte range of
+    an existing object.
+
+    The range is read through the verified read path and written back through the write path, so a
+    range that falls on the source's chunk boundaries dedups onto its chunks and moves no fragments;
+    the part's ETag is the MD5 of the copied bytes, as S3 computes it.
+    """
+    part_number = _int_parameter(call, "partNumber", 0, 1, MAX_PART_NUMBER)
+    upload = await _upload(call)
+    _bucket, _key, source = await copy_source(call)
+    start, end = parse_copy_source_range(call.request.headers.get("x-amz-copy-source-range"), source.size)
+    if end - start > MAX_PART_BYTES:
+        raise errors.InvalidRequest("The specified copy source is larger than the maximum allowable size for "
+                                    "a copy source: 5368709120")
+    pieces = object_io.read_stream(call.services.chunk_store, source.chunks, start, end)
+    written = await object_io.write_stream(pieces, call.services.chunk_store, call.services.metadata,
+                                           parallel_chunks=call.services.config.parallel_chunks)
+    part = PartRecord(part_number=part_number, size=written.size, etag=quote_etag(written.md5_hex),
+                      last_modified=time.time(), checksums={}, chunks=written.chunks)
+    await call.services.meta(call.services.metadata.put_part, upload.upload_id, part)
+    body = xml.copy_part_result(etag=part.etag, last_modified=iso8601(part.last_modified))
+    return web.Response(status=200, body=body, content_type="application/xml")
 
 
 async def _all_parts(call: S3Call, upload_id: str) -> dict[int, PartRecord]:

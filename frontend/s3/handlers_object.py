@@ -99,11 +99,18 @@ def parse_copy_source(value: str) -> tuple[str, str]:
     return bucket, key
 
 
-async def copy_object(call: S3Call) -> web.StreamResponse:
-    """CopyObject: the new object references the source's chunks; no data moves (chunks are shared)."""
+async def copy_source(call: S3Call) -> tuple[str, str, ObjectRecord]:
+    """The object named by ``x-amz-copy-source``, after its ``x-amz-copy-source-if-*`` conditions.
+
+    Returns (source bucket, source key, record).
+
+    Raises:
+        errors.InvalidArgument: a malformed copy source.
+        NoSuchBucket / NoSuchKey (metadata errors): no such source.
+        errors.PreconditionFailed: a copy-source condition does not hold (S3 answers 412 for all four).
+    """
     headers = call.request.headers
     source_bucket, source_key = parse_copy_source(headers["x-amz-copy-source"])
-    await require_bucket(call)
     source = await call.services.meta(call.services.metadata.get_object, source_bucket, source_key)
     conditions = {
         header: headers[f"x-amz-copy-source-{header.lower()}"]
@@ -114,6 +121,14 @@ async def copy_object(call: S3Call) -> web.StreamResponse:
         check_preconditions(conditions, source.etag, source.last_modified)
     except NotModified as exc:
         raise errors.PreconditionFailed() from exc
+    return source_bucket, source_key, source
+
+
+async def copy_object(call: S3Call) -> web.StreamResponse:
+    """CopyObject: the new object references the source's chunks; no data moves (chunks are shared)."""
+    headers = call.request.headers
+    await require_bucket(call)
+    source_bucket, source_key, source = await copy_source(call)
     directive = headers.get("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise errors.InvalidArgument("Unknown metadata directive.", ArgumentName="x-amz-metadata-directive")

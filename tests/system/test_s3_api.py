@@ -194,6 +194,42 @@ def test_copy_object_shares_chunks(s3: Any, bucket: str) -> None:
     assert s3.get_object(Bucket=bucket, Key="copy-dst")["Body"].read() == body
 
 
+def test_upload_part_copy_ranges(s3: Any, bucket: str) -> None:
+    source = os.urandom(2 * CHUNK_SIZE + 5 * MiB)
+    s3.put_object(Bucket=bucket, Key="part-copy-src", Body=source)
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="part-copy-dst")["UploadId"]
+    ranges = [(0, CHUNK_SIZE + 2 * MiB), (CHUNK_SIZE + 2 * MiB, len(source))]  # unaligned on purpose
+    parts = []
+    for number, (start, end) in enumerate(ranges, start=1):
+        result = s3.upload_part_copy(Bucket=bucket, Key="part-copy-dst", UploadId=upload, PartNumber=number,
+                                     CopySource={"Bucket": bucket, "Key": "part-copy-src"},
+                                     CopySourceRange=f"bytes={start}-{end - 1}")
+        etag = result["CopyPartResult"]["ETag"]
+        assert etag == f'"{hashlib.md5(source[start:end]).hexdigest()}"'
+        parts.append({"PartNumber": number, "ETag": etag})
+    s3.complete_multipart_upload(Bucket=bucket, Key="part-copy-dst", UploadId=upload,
+                                 MultipartUpload={"Parts": parts})
+    assert s3.get_object(Bucket=bucket, Key="part-copy-dst")["Body"].read() == source
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        s3.upload_part_copy(Bucket=bucket, Key="part-copy-dst", UploadId="nope", PartNumber=1,
+                            CopySource={"Bucket": bucket, "Key": "part-copy-src"})
+    assert error_code(caught.value) == "NoSuchUpload"
+
+
+def test_aws_cli_copies_between_buckets(cluster: DevCluster, s3: Any, bucket: str, tmp_path: Path) -> None:
+    body = os.urandom(20 * MiB)  # above the CLI's 8 MiB multipart threshold: UploadPartCopy
+    s3.put_object(Bucket=bucket, Key="cli-copy-src", Body=body)
+    s3.create_bucket(Bucket="cli-copy-target")
+    aws = shutil.which("aws", path=str(Path(sys.executable).parent)) or shutil.which("aws")
+    assert aws
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": cluster.access_key, "AWS_SECRET_ACCESS_KEY": cluster.secret_key,
+           "AWS_DEFAULT_REGION": cluster.region, "AWS_CONFIG_FILE": "/dev/null",
+           "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+    subprocess.run([aws, "--endpoint-url", cluster.endpoint, "s3", "cp", f"s3://{bucket}/cli-copy-src",
+                    "s3://cli-copy-target/copied"], env=env, check=True, capture_output=True)
+    assert s3.get_object(Bucket="cli-copy-target", Key="copied")["Body"].read() == body
+
+
 # --- acceptance 6: dedup ---------------------------------------------------------------------------
 
 def test_same_content_under_two_keys_is_stored_once(cluster: DevCluster, s3: Any, bucket: str) -> None:
