@@ -19,7 +19,7 @@ import asyncio
 import hashlib
 import itertools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -292,8 +292,9 @@ class _StripeRead:
         cluster_map = store._cluster_map()
         self.pg = placement_group(chunk_hash, cluster_map.pg_count)
         self.targets = store._targets(cluster_map, self.pg)
-        self.tasks: dict[int, asyncio.Task[bytes]] = {}
-        self.good: dict[int, bytes] = {}
+        self.tasks: dict[int, asyncio.Task[memoryview]] = {}
+        # Fragments as views of the received messages (no copy); decode converts to bytes.
+        self.good: dict[int, memoryview] = {}
         self.failed: dict[int, str] = {}
         # Fragment combinations already known to rebuild a wrong chunk.
         self.tried: set[frozenset[int]] = set()
@@ -303,15 +304,14 @@ class _StripeRead:
             if index not in self.tasks:
                 self.tasks[index] = asyncio.create_task(self._get(self.targets[index]))
 
-    async def _get(self, target: _Target) -> bytes:
+    async def _get(self, target: _Target) -> memoryview:
         client = self.store._nodes.client(target.node_id, target.address)
-        fragment = await client.get_fragment(self.chunk_hash, target.index, self.pg)
+        fragment = await client.get_fragment_view(self.chunk_hash, target.index, self.pg)
         if len(fragment) != self.fragment_length:
             raise FragmentCorrupt(f"fragment is {len(fragment)} bytes, expected {self.fragment_length}")
-        # pyeclib aborts the process on non-bytes fragments: normalise once here.
-        return fragment if type(fragment) is bytes else bytes(fragment)
+        return fragment
 
-    def _collect(self, task: asyncio.Task[bytes]) -> None:
+    def _collect(self, task: asyncio.Task[memoryview]) -> None:
         index = next(i for i, t in self.tasks.items() if t is task)
         if index in self.good or index in self.failed:
             return
@@ -367,11 +367,11 @@ class _StripeRead:
         header = fragment_header_bytes()
         if len(ranges) == 1:
             index, payload_start, payload_end = ranges[0]
-            data = self.good[index][header + payload_start : header + payload_end]
+            data = bytes(self.good[index][header + payload_start : header + payload_end])
         else:
             # One copy: join views of the payloads.
             data = b"".join(
-                memoryview(self.good[index])[header + payload_start : header + payload_end]
+                self.good[index][header + payload_start : header + payload_end]
                 for index, payload_start, payload_end in ranges
             )
         if whole and not await _hash_matches(data, self.chunk_hash):
@@ -420,7 +420,8 @@ class _StripeRead:
                     self._collect(task)
 
     async def _decode(self, combination: frozenset[int]) -> bytes | None:
-        fragments = {index: self.good[index] for index in sorted(combination)}
+        # pyeclib aborts the process on non-bytes fragments: copy the views into bytes here.
+        fragments = {index: bytes(self.good[index]) for index in sorted(combination)}
         try:
             chunk = await self.store._coder.decode(fragments, self.chunk_size)
         except ValueError as error:
@@ -447,7 +448,7 @@ class _StripeRead:
                 task.exception()  # mark retrieved: no "exception was never retrieved" noise
 
 
-def _next_combination(good: dict[int, bytes], tried: set[frozenset[int]]) -> frozenset[int] | None:
+def _next_combination(good: Mapping[int, object], tried: set[frozenset[int]]) -> frozenset[int] | None:
     """Next 10 good fragment indexes to decode from, or None when every combination was tried.
 
     The lowest 10 first (data fragments decode fastest), then sets that leave out a window of

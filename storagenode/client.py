@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -92,6 +92,99 @@ def _identity(serialized: bytes) -> bytes:
     return serialized
 
 
+class StreamResponse:
+    """A ``FragmentResponse`` read off the stream without copying fragment data.
+
+    ``data`` is a read-only view of the received message (the ``get`` payload), ``None`` unless
+    the response carries ``get``. ``checksum``: the node's CRC32C of ``data``; ``existed``: the
+    ``delete`` answer. Other fields as in ``proto/storage.proto``.
+    """
+
+    __slots__ = ("checksum", "data", "existed", "message", "request_id", "status")
+
+    def __init__(self) -> None:
+        self.request_id = 0
+        self.status = 0
+        self.message = ""
+        self.data: memoryview | None = None
+        self.checksum = 0
+        self.existed = False
+
+
+def _read_varint(buffer: memoryview, position: int) -> tuple[int, int]:
+    value = 0
+    shift = 0
+    while True:
+        byte = buffer[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
+
+
+def _fields(buffer: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
+    """``(field number, wire type, value)`` of each field of one protobuf message (encoding guide);
+    length-delimited values are views of ``buffer``. Raises ValueError on malformed input."""
+    position = 0
+    end = len(buffer)
+    while position < end:
+        key, position = _read_varint(buffer, position)
+        number, wire_type = key >> 3, key & 7
+        value: int | memoryview
+        if wire_type == 0:
+            value, position = _read_varint(buffer, position)
+        elif wire_type == 2:
+            length, position = _read_varint(buffer, position)
+            if position + length > end:
+                raise ValueError("length-delimited field runs past the message")
+            value = buffer[position : position + length]
+            position += length
+        elif wire_type == 1:
+            value, position = int.from_bytes(buffer[position : position + 8], "little"), position + 8
+        elif wire_type == 5:
+            value, position = int.from_bytes(buffer[position : position + 4], "little"), position + 4
+        else:
+            raise ValueError(f"unsupported wire type {wire_type}")
+        if position > end:
+            raise ValueError("field runs past the message")
+        yield number, wire_type, value
+
+
+def _parse_response(serialized: bytes) -> StreamResponse:
+    """Parse a serialized ``FragmentResponse`` (field numbers from proto/storage.proto) into a
+    ``StreamResponse`` whose fragment data is a view of ``serialized`` (protobuf would copy it on
+    parsing and again on every access of the field). Unknown fields are skipped, as protobuf does.
+
+    Raises:
+        ValueError: malformed message (the stream fails and its requests get NodeUnavailable).
+    """
+    response = StreamResponse()
+    for number, wire_type, value in _fields(memoryview(serialized).toreadonly()):
+        if wire_type == 0 and isinstance(value, int):
+            if number == 1:
+                response.request_id = value
+            elif number == 2:
+                response.status = value
+        elif isinstance(value, memoryview):
+            if number == 3:
+                response.message = bytes(value).decode("utf-8", "replace")
+            elif number == 5:  # get: data = 1, checksum = 2
+                response.data = value[:0]
+                for inner_number, inner_type, inner in _fields(value):
+                    if inner_number == 1 and isinstance(inner, memoryview):
+                        response.data = inner
+                    elif inner_number == 2 and inner_type == 0 and isinstance(inner, int):
+                        response.checksum = inner
+            elif number == 6:  # delete: existed = 1
+                for inner_number, inner_type, inner in _fields(value):
+                    if inner_number == 1 and inner_type == 0 and isinstance(inner, int):
+                        response.existed = bool(inner)
+    return response
+
+
 def _serializer(request: storage_pb2.FragmentRequest) -> Callable[[int], bytes]:
     """``request`` serialized with the request id it is given (for ``_exchange``)."""
 
@@ -131,7 +224,7 @@ class _StreamSession:
     def __init__(self, address: str, call: Any) -> None:
         self.address = address
         self.call = call
-        self.pending: dict[int, asyncio.Future[storage_pb2.FragmentResponse]] = {}
+        self.pending: dict[int, asyncio.Future[StreamResponse]] = {}
         self.write_lock = asyncio.Lock()  # grpc.aio allows one write in progress per call
         self.reader = asyncio.create_task(self._read_responses())
 
@@ -223,11 +316,20 @@ class StorageNodeClient:
                 CRC32C the node sent.
             NodeUnavailable / InvalidFragment / StorageError: as for ``put_fragment``.
         """
+        return bytes(await self.get_fragment_view(chunk_hash, index, pg))
+
+    async def get_fragment_view(self, chunk_hash: bytes, index: int, pg: int) -> memoryview:
+        """``get_fragment`` without copying: a read-only view of the received message.
+
+        Same errors as ``get_fragment`` (the CRC32C is checked over the view).
+        """
         request = storage_pb2.FragmentRequest(get=storage_pb2.GetFragmentRequest(
             chunk_hash=chunk_hash, fragment_index=index, placement_group=pg,
         ))
-        response = (await self._exchange(_serializer(request))).get
-        data = response.data  # every access to a protobuf bytes field copies: read it once
+        response = await self._exchange(_serializer(request))
+        data = response.data
+        if data is None:
+            raise StorageError(f"{self.address}: answer to a get carries no fragment")
         if crc32c(data) != response.checksum:
             raise FragmentCorrupt(f"{self.address}: fragment {chunk_hash.hex()}/{index} failed its CRC32C "
                                   "on arrival")
@@ -242,9 +344,9 @@ class StorageNodeClient:
         request = storage_pb2.FragmentRequest(delete=storage_pb2.DeleteFragmentRequest(
             chunk_hash=chunk_hash, fragment_index=index, placement_group=pg,
         ))
-        return (await self._exchange(_serializer(request))).delete.existed
+        return (await self._exchange(_serializer(request))).existed
 
-    async def _exchange(self, serialize: Callable[[int], bytes]) -> storage_pb2.FragmentResponse:
+    async def _exchange(self, serialize: Callable[[int], bytes]) -> StreamResponse:
         """Send the request ``serialize(request_id)`` (serialized now, before any suspension) and
         return the node's response; raises the domain error of a non-OK status."""
         request_id = next(self._request_ids)
@@ -253,7 +355,7 @@ class StorageNodeClient:
         try:
             async with asyncio.timeout(self.timeout):
                 session = self._open_session()
-                future: asyncio.Future[storage_pb2.FragmentResponse] = (
+                future: asyncio.Future[StreamResponse] = (
                     asyncio.get_running_loop().create_future()
                 )
                 session.pending[request_id] = future
@@ -284,7 +386,7 @@ class StorageNodeClient:
             stream = self._channel_for_loop().stream_stream(
                 STREAM_METHOD,
                 request_serializer=_identity,
-                response_deserializer=storage_pb2.FragmentResponse.FromString,
+                response_deserializer=_parse_response,
             )
             session = _StreamSession(self.address, stream())
             self._session = session

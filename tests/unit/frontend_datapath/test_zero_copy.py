@@ -13,7 +13,7 @@ import pytest
 from common.layout import STRIPE_WIDTH
 from frontend.erasure import INLINE_MAX_BYTES, ErasureCoder, fragment_bytes
 from proto import storage_pb2
-from storagenode.client import _serialize_put
+from storagenode.client import _parse_response, _serialize_put
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +66,41 @@ def test_serialized_put_parses_as_the_protobuf_message(length: int) -> None:
     expected.CopyFrom(put)
     expected.data = data
     assert parsed == storage_pb2.FragmentRequest(request_id=2**35 + 7, put=expected)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        storage_pb2.FragmentResponse(
+            request_id=2**40 + 3,
+            get=storage_pb2.GetFragmentResponse(data=b"\x00\xff" * 70_000, checksum=0xDEADBEEF, chunk_size=4 << 20),
+        ),
+        storage_pb2.FragmentResponse(request_id=1, get=storage_pb2.GetFragmentResponse()),
+        storage_pb2.FragmentResponse(request_id=9, delete=storage_pb2.DeleteFragmentResponse(existed=True)),
+        storage_pb2.FragmentResponse(request_id=9, delete=storage_pb2.DeleteFragmentResponse(existed=False)),
+        storage_pb2.FragmentResponse(request_id=7, put=storage_pb2.PutFragmentResponse()),
+        storage_pb2.FragmentResponse(request_id=5, status=storage_pb2.STATUS_NOT_FOUND, message="nö such fragment"),
+    ],
+)
+def test_stream_responses_parse_like_protobuf(response: storage_pb2.FragmentResponse) -> None:
+    parsed = _parse_response(response.SerializeToString())
+    assert (parsed.request_id, parsed.status, parsed.message) == (response.request_id, response.status,
+                                                                  response.message)
+    if response.HasField("get"):
+        assert parsed.data is not None and bytes(parsed.data) == response.get.data
+        assert parsed.checksum == response.get.checksum
+    else:
+        assert parsed.data is None
+    assert parsed.existed == (response.HasField("delete") and response.delete.existed)
+
+
+def test_stream_response_skips_unknown_fields_and_refuses_truncation() -> None:
+    known = storage_pb2.FragmentResponse(request_id=4, get=storage_pb2.GetFragmentResponse(data=b"abc", checksum=7))
+    # Unknown fields of every wire type (numbers 10-13) around the known ones.
+    unknown = bytes([10 << 3 | 0, 0x96, 0x01, 11 << 3 | 1]) + bytes(8) + bytes([12 << 3 | 5]) + bytes(4)
+    unknown += bytes([13 << 3 | 2, 2]) + b"zz"
+    parsed = _parse_response(unknown + known.SerializeToString() + unknown)
+    assert (parsed.request_id, parsed.data, parsed.checksum) == (4, b"abc", 7)
+    serialized = known.SerializeToString()
+    with pytest.raises((ValueError, IndexError)):
+        _parse_response(serialized[:-3])
