@@ -27,6 +27,12 @@ if ! command -v etcd >/dev/null 2>&1; then
   # Debian starts a system etcd on 2379 after installing; Coffer runs its own, on other ports.
 fi
 
+# The test suite also drives rclone (Go's AWS SDK) as a real S3 client.
+if ! command -v rclone >/dev/null 2>&1; then
+  echo "setup: installing rclone (an S3 client the tests use) ..."
+  apt_install rclone
+fi
+
 # 2. A Python >= 3.11 to build the virtualenv with.
 python=${PYTHON:-}
 if [ -z "$python" ]; then
