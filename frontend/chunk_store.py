@@ -244,9 +244,21 @@ class ChunkStore:
     async def read_chunk(
         self, chunk_hash: bytes, chunk_size: int, start: int = 0, end: int | None = None
     ) -> bytes:
-        """Return bytes ``[start, end)`` of the chunk ``chunk_hash`` (32 raw bytes) of ``chunk_size`` bytes.
+        """Return bytes ``[start, end)`` of the chunk ``chunk_hash``: ``read_chunk_pieces`` joined
+        into one ``bytes`` (one copy). Same arguments and errors as ``read_chunk_pieces``."""
+        pieces = await self.read_chunk_pieces(chunk_hash, chunk_size, start, end)
+        return bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
 
-        ``end`` defaults to ``chunk_size``. Healthy reads touch only the covering data fragments;
+    async def read_chunk_pieces(
+        self, chunk_hash: bytes, chunk_size: int, start: int = 0, end: int | None = None
+    ) -> list[memoryview]:
+        """Bytes ``[start, end)`` of the chunk ``chunk_hash`` (32 raw bytes) of ``chunk_size`` bytes,
+        as read-only views that concatenate to them (on the healthy path one per data fragment, views
+        of the received messages: nothing is copied; an empty range gives ``[]``).
+
+        ``end`` defaults to ``chunk_size``. A whole-chunk read is verified against the SHA-256
+        (over the pieces, in a thread) before it is returned; partial reads rely on the fragments'
+        end-to-end CRC32C. Healthy reads touch only the covering data fragments;
         otherwise the chunk is decoded from any 10 fragments and its SHA-256 verified.
 
         Raises:
@@ -259,18 +271,18 @@ class ChunkStore:
         end = chunk_size if end is None else end
         ranges = data_fragment_payload_range(chunk_size, start, end)  # validates the range
         if not ranges:
-            return b""
+            return []
         read = _StripeRead(self, chunk_hash, chunk_size)
         try:
-            data = await read.fast_path(ranges, whole=(start == 0 and end == chunk_size))
-            if data is None:
+            pieces = await read.fast_path(ranges, whole=(start == 0 and end == chunk_size))
+            if pieces is None:
                 DEGRADED_READS.inc()
                 chunk = await read.decode_path()
-                data = chunk if (start == 0 and end == chunk_size) else chunk[start:end]
+                pieces = [memoryview(chunk).toreadonly()[start:end]]
         finally:
             await read.close()
-        CHUNK_BYTES_READ.inc(len(data))
-        return data
+        CHUNK_BYTES_READ.inc(end - start)
+        return pieces
 
     def _targets(self, cluster_map: ClusterMap, pg: int) -> list[_Target]:
         acting = cluster_map.acting_set(pg)
@@ -354,7 +366,7 @@ class _StripeRead:
                 },
             )
 
-    async def fast_path(self, ranges: list[tuple[int, int, int]], *, whole: bool) -> bytes | None:
+    async def fast_path(self, ranges: list[tuple[int, int, int]], *, whole: bool) -> list[memoryview] | None:
         """Slice the covering data fragments; None when any failed or was slower than ``hedge_after``."""
         indexes = [index for index, _, _ in ranges]
         self._fetch(indexes)
@@ -365,23 +377,19 @@ class _StripeRead:
         if pending or any(i in self.failed for i in indexes):
             return None
         header = fragment_header_bytes()
-        if len(ranges) == 1:
-            index, payload_start, payload_end = ranges[0]
-            data = bytes(self.good[index][header + payload_start : header + payload_end])
-        else:
-            # One copy: join views of the payloads.
-            data = b"".join(
-                self.good[index][header + payload_start : header + payload_end]
-                for index, payload_start, payload_end in ranges
-            )
-        if whole and not await _hash_matches(data, self.chunk_hash):
+        # No copy: views of the payloads, hashed piece by piece when the chunk is whole.
+        pieces = [
+            self.good[index][header + payload_start : header + payload_end]
+            for index, payload_start, payload_end in ranges
+        ]
+        if whole and not await _hash_matches(pieces, self.chunk_hash):
             CHUNK_HASH_MISMATCHES.inc()
             logger.error(
                 "data fragments assemble to a wrong chunk hash", extra={"fields": {"chunk": self.hex_hash}}
             )
             self.tried.add(frozenset(indexes))
             return None
-        return data
+        return pieces
 
     async def decode_path(self) -> bytes:
         """Fetch every fragment not yet asked for, decode from 10 good ones, verify the SHA-256."""
@@ -432,7 +440,7 @@ class _StripeRead:
         except Exception as error:  # pyeclib's ECDriverError and its subclasses
             logger.error("decode failed", extra={"fields": {"chunk": self.hex_hash, "error": repr(error)}})
             return None
-        if await _hash_matches(chunk, self.chunk_hash):
+        if await _hash_matches([chunk], self.chunk_hash):
             return chunk
         CHUNK_HASH_MISMATCHES.inc()
         logger.error(
@@ -473,10 +481,17 @@ def _next_combination(good: Mapping[int, object], tried: set[frozenset[int]]) ->
     return None
 
 
-async def _hash_matches(data: bytes, chunk_hash: bytes) -> bool:
-    # SHA-256 releases the GIL: hash in a thread, off the event loop.
-    digest = await asyncio.to_thread(lambda: hashlib.sha256(data).digest())
-    return digest == chunk_hash
+def _sha256(pieces: Iterable[bytes | memoryview]) -> bytes:
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
+    return digest.digest()
+
+
+async def _hash_matches(pieces: list[bytes] | list[memoryview], chunk_hash: bytes) -> bool:
+    """Whether the concatenated ``pieces`` hash to ``chunk_hash`` (SHA-256, in a thread: hashlib
+    releases the GIL, the event loop stays free)."""
+    return await asyncio.to_thread(_sha256, pieces) == chunk_hash
 
 
 async def _cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:

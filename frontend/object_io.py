@@ -15,9 +15,10 @@ already being fetched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -248,14 +249,35 @@ async def read_stream(
 ) -> AsyncIterator[bytes]:
     """Yield the bytes ``[start, end)`` of an object made of ``chunks`` (in offset order).
 
-    One piece per chunk the range touches; the next chunk is fetched while the current one is
-    being consumed (``READ_AHEAD_CHUNKS`` in flight). Closing the iterator early cancels the
-    fetches.
+    One ``bytes`` piece per chunk the range touches (``read_stream_pieces`` joined per chunk: one
+    copy); the next chunks are fetched while the current one is being consumed
+    (``READ_AHEAD_CHUNKS`` in flight). Closing the iterator early cancels the fetches.
 
     Raises:
         ValueError: ``not 0 <= start <= end <= object size``.
         ChunkUnavailable, ChunkCorrupt: from ``ChunkStore.read_chunk`` (retryable).
     """
+    async with contextlib.aclosing(_chunk_pieces(store, chunks, start, end)) as per_chunk:
+        async for pieces in per_chunk:
+            yield bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
+
+
+async def read_stream_pieces(
+    store: ChunkStore, chunks: Sequence[ChunkRef], start: int, end: int
+) -> AsyncIterator[memoryview]:
+    """``read_stream`` without the per-chunk join: yields non-empty read-only views that concatenate
+    to bytes ``[start, end)`` (``ChunkStore.read_chunk_pieces``: about one per data fragment, views
+    of the received messages, never copied). Same read-ahead, cancellation and errors."""
+    async with contextlib.aclosing(_chunk_pieces(store, chunks, start, end)) as per_chunk:
+        async for pieces in per_chunk:
+            for piece in pieces:
+                yield piece
+
+
+async def _chunk_pieces(
+    store: ChunkStore, chunks: Sequence[ChunkRef], start: int, end: int
+) -> AsyncGenerator[list[memoryview], None]:
+    """The non-empty pieces of each chunk the range touches, in order, ``READ_AHEAD_CHUNKS`` in flight."""
     total = sum(chunk.size for chunk in chunks)
     if not 0 <= start <= end <= total:
         raise ValueError(f"range [{start}, {end}) is not within an object of {total} bytes")
@@ -264,7 +286,7 @@ async def read_stream(
         for chunk in chunks
         if chunk.offset < end and chunk.offset + chunk.size > start
     ]
-    fetches: deque[asyncio.Task[bytes]] = deque()
+    fetches: deque[asyncio.Task[list[memoryview]]] = deque()
     position = 0
     try:
         while position < len(wanted) or fetches:
@@ -272,13 +294,15 @@ async def read_stream(
                 chunk, chunk_start, chunk_end = wanted[position]
                 fetches.append(
                     asyncio.create_task(
-                        store.read_chunk(bytes.fromhex(chunk.hash), chunk.size, chunk_start, chunk_end)
+                        store.read_chunk_pieces(bytes.fromhex(chunk.hash), chunk.size, chunk_start, chunk_end)
                     )
                 )
                 position += 1
-            data = await fetches[0]
+            pieces = await fetches[0]
             fetches.popleft()
-            yield data
+            pieces = [piece for piece in pieces if piece]
+            if pieces:
+                yield pieces
     finally:
         for task in fetches:
             task.cancel()

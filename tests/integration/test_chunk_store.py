@@ -27,7 +27,7 @@ from common.layout import CHUNK_SIZE, STRIPE_WIDTH, placement_group
 from frontend.chunk_store import ChunkStore
 from frontend.datapath_errors import ChunkCorrupt, ChunkUnavailable, EntityTooLarge, InsufficientFragments
 from frontend.erasure import ErasureCoder, data_fragment_payload_range, fragment_payload_bytes
-from frontend.object_io import read_stream, write_stream
+from frontend.object_io import read_stream, read_stream_pieces, write_stream
 from metadata.records import ObjectRecord
 from metadata.sqlite_store import SqliteMetadataStore
 from placement.cluster_map import ClusterMap, FailureDomain, Node, NodeState
@@ -275,6 +275,9 @@ def test_write_stream_cuts_hashes_dedups_and_reads_back(cluster: Cluster, tmp_pa
             ]:
                 pieces_out = [p async for p in read_stream(store, written.chunks, start, end)]
                 assert b"".join(pieces_out) == body_bytes[start:end]
+                views = [p async for p in read_stream_pieces(store, written.chunks, start, end)]
+                assert all(isinstance(view, memoryview) and len(view) > 0 for view in views)
+                assert b"".join(views) == body_bytes[start:end]
             # Stopping a read early cancels its prefetch cleanly.
             stream = read_stream(store, written.chunks, 0, len(body_bytes))
             assert await anext(stream) == body_bytes[:chunk_size]
