@@ -57,10 +57,19 @@ def build_app(services: S3Services, view: ClusterView) -> web.Application:
     """The aiohttp application: health endpoints plus one catch-all S3 route."""
     dispatcher = S3Dispatcher(services)
 
-    async def health(_request: web.Request) -> web.Response:
+    def virtual_hosted(request: web.Request) -> bool:
+        # bucket.<suffix>/-/health is the object "-/health", not our endpoint.
+        host = request.host.rsplit(":", 1)[0].lower()
+        return any(host.endswith("." + suffix) for suffix in services.config.virtual_host_suffixes)
+
+    async def health(request: web.Request) -> web.StreamResponse:
+        if virtual_hosted(request):
+            return await dispatcher(request)
         return web.json_response({"status": "ok"})
 
-    async def ready(_request: web.Request) -> web.Response:
+    async def ready(request: web.Request) -> web.StreamResponse:
+        if virtual_hosted(request):
+            return await dispatcher(request)
         up = view.up_nodes()
         if up >= services.config.write_quorum:
             return web.json_response({"status": "ready", "nodes_up": up})
@@ -71,7 +80,7 @@ def build_app(services: S3Services, view: ClusterView) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app.router.add_get("/-/health", health)
     app.router.add_get("/-/ready", ready)
-    app.router.add_route("*", "/{tail:.*}", dispatcher)
+    app.router.add_route("*", "/{tail:.*}", dispatcher, expect_handler=dispatcher.expect_continue)
     return app
 
 

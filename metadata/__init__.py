@@ -21,6 +21,8 @@ from metadata.records import (
     ObjectRecord,
     ObjectSummary,
     PartRecord,
+    PreconditionFailed,
+    WriteCondition,
     ZeroRefcountChunk,
 )
 from metadata.sqlite_store import SqliteMetadataStore
@@ -46,6 +48,8 @@ __all__ = [
     "ObjectRecord",
     "ObjectSummary",
     "PartRecord",
+    "PreconditionFailed",
     "SqliteMetadataStore",
+    "WriteCondition",
     "ZeroRefcountChunk",
 ]

@@ -139,6 +139,19 @@ class ZeroRefcountChunk:
     zero_since: float
 
 
+@dataclass(frozen=True)
+class WriteCondition:
+    """A conditional write (S3 ``If-Match`` / ``If-None-Match: *`` on PutObject and
+    CompleteMultipartUpload), checked inside the write transaction so two writers cannot both win.
+
+    ``if_match``: the ETag (quoted or not) the current object must have. ``if_none_match``: True for
+    ``*``, the key must not hold an object.
+    """
+
+    if_match: str | None = None
+    if_none_match: bool = False
+
+
 class MetadataError(Exception):
     """Base class of every error the metadata store raises on purpose."""
 
@@ -169,6 +182,10 @@ class BucketNotEmpty(MetadataError):
 
 class InvalidPart(MetadataError):
     """A part listed in a completion request was never uploaded, or its ETag does not match."""
+
+
+class PreconditionFailed(MetadataError):
+    """A WriteCondition did not hold (the object exists, or has another ETag)."""
 
 
 class AccessKeyNotFound(MetadataError):

@@ -51,6 +51,8 @@ from metadata.records import (
     ObjectRecord,
     ObjectSummary,
     PartRecord,
+    PreconditionFailed,
+    WriteCondition,
     ZeroRefcountChunk,
 )
 from metadata.store import MetadataStore
@@ -575,11 +577,26 @@ class SqliteMetadataStore(MetadataStore):
 
     # Objects ---------------------------------------------------------------------------------
 
-    def put_object(self, record: ObjectRecord) -> ObjectRecord | None:
+    def put_object(self, record: ObjectRecord, condition: WriteCondition | None = None) -> ObjectRecord | None:
         """See MetadataStore.put_object."""
         with self._write() as conn:
             self._require_bucket(conn, record.bucket)
+            self._check_condition(conn, record, condition)
             return self._replace_object(conn, record)
+
+    def _check_condition(self, conn: sqlite3.Connection, record: ObjectRecord,
+                         condition: WriteCondition | None) -> None:
+        if condition is None or (condition.if_match is None and not condition.if_none_match):
+            return
+        current = self._fetch_object(conn, record.bucket, record.key.encode("utf-8"))
+        if condition.if_none_match and current is not None:
+            raise PreconditionFailed(f"{record.bucket}/{record.key!r} exists")
+        if condition.if_match is not None:
+            if current is None:
+                raise NoSuchKey(record.key)
+            if condition.if_match.strip() != "*" and \
+                    _strip_quotes(current.etag) != _strip_quotes(condition.if_match.strip()):
+                raise PreconditionFailed(f"{record.bucket}/{record.key!r} has ETag {current.etag}")
 
     def get_object(self, bucket: str, key: str) -> ObjectRecord:
         """See MetadataStore.get_object."""
@@ -811,7 +828,8 @@ class SqliteMetadataStore(MetadataStore):
         return [self._upload_from_row(row) for row in rows[:max_uploads]], len(rows) > max_uploads
 
     def complete_multipart_upload(
-        self, upload_id: str, record: ObjectRecord, parts: list[tuple[int, str]]
+        self, upload_id: str, record: ObjectRecord, parts: list[tuple[int, str]],
+        condition: WriteCondition | None = None,
     ) -> ObjectRecord | None:
         """See MetadataStore.complete_multipart_upload."""
         with self._write() as conn:
@@ -828,6 +846,7 @@ class SqliteMetadataStore(MetadataStore):
                 ).fetchone()
                 if row is None or _strip_quotes(row[0]) != _strip_quotes(etag):
                     raise InvalidPart(f"part {part_number} with ETag {etag}")
+            self._check_condition(conn, record, condition)
             # The object's references go in before the parts' come out: shared chunks never hit 0.
             previous = self._replace_object(conn, record)
             self._drop_upload(conn, upload_id)

@@ -35,6 +35,8 @@ from metadata.records import (
     ObjectRecord,
     ObjectSummary,
     PartRecord,
+    PreconditionFailed,
+    WriteCondition,
     ZeroRefcountChunk,
 )
 
@@ -58,6 +60,8 @@ __all__ = [
     "ObjectRecord",
     "ObjectSummary",
     "PartRecord",
+    "PreconditionFailed",
+    "WriteCondition",
     "ZeroRefcountChunk",
 ]
 
@@ -130,11 +134,12 @@ class MetadataStore(abc.ABC):
     # Objects ---------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def put_object(self, record: ObjectRecord) -> ObjectRecord | None:
+    def put_object(self, record: ObjectRecord, condition: WriteCondition | None = None) -> ObjectRecord | None:
         """Store `record` at (record.bucket, record.key) in one transaction: record its chunks
         (new ones with their size), add one reference per chunk occurrence, replace any existing
         object there and release that object's references. Returns the replaced object, or None.
-        Raises NoSuchBucket."""
+        `condition` is checked in the same transaction. Raises NoSuchBucket; PreconditionFailed
+        (or NoSuchKey for If-Match on a missing key) when `condition` does not hold."""
 
     @abc.abstractmethod
     def get_object(self, bucket: str, key: str) -> ObjectRecord:
@@ -217,7 +222,8 @@ class MetadataStore(abc.ABC):
 
     @abc.abstractmethod
     def complete_multipart_upload(
-        self, upload_id: str, record: ObjectRecord, parts: list[tuple[int, str]]
+        self, upload_id: str, record: ObjectRecord, parts: list[tuple[int, str]],
+        condition: WriteCondition | None = None,
     ) -> ObjectRecord | None:
         """Turn the upload into the object `record` in one transaction.
 
@@ -227,7 +233,8 @@ class MetadataStore(abc.ABC):
         the upload (listed or not) is deleted and its references released; the upload is
         deleted; any previous object at the key is replaced (references released). Returns the
         replaced object, or None. Raises NoSuchUpload; ValueError if `record` names another
-        bucket or key than the upload. Part ordering and size rules are the caller's to check.
+        bucket or key than the upload; PreconditionFailed / NoSuchKey when `condition` does not
+        hold (the upload is then kept). Part ordering and size rules are the caller's to check.
         """
 
     @abc.abstractmethod

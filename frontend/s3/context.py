@@ -42,6 +42,7 @@ class S3Call:
     auth: AuthContext
     request_id: str
     services: S3Services
+    query_pairs: list[tuple[str, str]]
 
     @property
     def bucket(self) -> str:
@@ -57,8 +58,9 @@ class S3Call:
 
     @property
     def query(self) -> dict[str, str]:
-        """Query parameters, decoded (the last value wins for repeated names)."""
-        return dict(self.request.query)
+        """Query parameters, percent-decoded exactly as they were signed ('+' stays '+'; the last
+        value wins for repeated names)."""
+        return dict(self.query_pairs)
 
 
 def http_date(timestamp: float) -> str:

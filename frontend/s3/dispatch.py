@@ -13,6 +13,7 @@ import datetime
 import logging
 import re
 import secrets
+import sqlite3
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,7 @@ HANDLERS: dict[str, Handler] = {
     "DeleteBucket": handlers_bucket.delete_bucket,
     "HeadBucket": handlers_bucket.head_bucket,
     "GetBucketLocation": handlers_bucket.get_bucket_location,
+    "GetBucketVersioning": handlers_bucket.get_bucket_versioning,
     "ListObjectsV2": handlers_bucket.list_objects_v2,
     "ListObjects": handlers_bucket.list_objects_v1,
     "PutObject": handlers_object.put_object,
@@ -64,6 +66,7 @@ ERROR_MAP: dict[type[Exception], type[errors.S3Error]] = {
     metadata_errors.BucketAlreadyOwnedByYou: errors.BucketAlreadyOwnedByYou,
     metadata_errors.BucketNotEmpty: errors.BucketNotEmpty,
     metadata_errors.InvalidPart: errors.InvalidPart,
+    metadata_errors.PreconditionFailed: errors.PreconditionFailed,
     datapath_errors.InsufficientFragments: errors.ServiceUnavailable,
     datapath_errors.ChunkUnavailable: errors.ServiceUnavailable,
     datapath_errors.ChunkCorrupt: errors.ServiceUnavailable,
@@ -79,6 +82,8 @@ LATENCY = Histogram("coffer_frontend_s3_request_seconds", "S3 request latency un
 
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
 ACCESS_KEY_CACHE_SECONDS = 30.0
+# Unknown ids are remembered briefly only, so a key created a moment ago works at once.
+UNKNOWN_KEY_CACHE_SECONDS = 1.0
 
 
 class AccessKeyCache:
@@ -92,8 +97,10 @@ class AccessKeyCache:
     async def load(self, access_key_id: str) -> None:
         """Make sure ``access_key_id`` (known or not) is in the cache."""
         cached = self._keys.get(access_key_id)
-        if cached is not None and time.monotonic() - cached[0] < ACCESS_KEY_CACHE_SECONDS:
-            return
+        if cached is not None:
+            lifetime = ACCESS_KEY_CACHE_SECONDS if cached[1] is not None else UNKNOWN_KEY_CACHE_SECONDS
+            if time.monotonic() - cached[0] < lifetime:
+                return
         key = await self._services.meta(self._services.metadata.get_access_key, access_key_id)
         if len(self._keys) > 10_000:
             self._keys.clear()
@@ -149,6 +156,12 @@ def map_error(exc: Exception) -> errors.S3Error | None:
     """The S3 error for a domain error (walking its class hierarchy), None when unmapped."""
     if isinstance(exc, errors.S3Error):
         return exc
+    if isinstance(exc, UnicodeError):
+        # aiohttp surrogate-escapes non-UTF-8 header bytes; they cannot be signed or stored.
+        return errors.InvalidArgument("A header or parameter is not valid UTF-8")
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        # SQLite gave up waiting for its write lock: the store is overloaded, the client should retry.
+        return errors.SlowDown()
     for cls in type(exc).__mro__:
         target = ERROR_MAP.get(cls)
         if target is not None:
@@ -163,51 +176,98 @@ class S3Dispatcher:
         self.services = services
         self.keys = AccessKeyCache(services)
 
+    async def _authorize(self, request: web.Request, request_id: str) -> S3Call:
+        """Route and authenticate ``request`` (no body is read).
+
+        Raises:
+            errors.S3Error: unroutable, unauthenticated, or an operation Coffer does not implement.
+        """
+        raw_path, query = split_target(request.raw_path)
+        operation = router.route(request.method, request.host, raw_path, query, request.headers,
+                                 virtual_host_suffixes=self.services.config.virtual_host_suffixes)
+        access_key_id = requested_access_key(request)
+        if access_key_id:
+            await self.keys.load(access_key_id)
+        now = datetime.datetime.now(datetime.UTC)
+        if sigv2.is_sigv2(request.headers, query):
+            auth = sigv2.verify_request(request.method, raw_path, query, request.headers, self.keys.secret,
+                                        now, bucket=operation.bucket)
+        else:
+            auth = sigv4.verify_request(request.method, raw_path, query, request.headers, self.keys.secret,
+                                        now, region=self.services.config.region)
+        if operation.name not in HANDLERS:
+            raise errors.NotImplemented(f"{operation.name} is not implemented by Coffer")
+        return S3Call(request=request, operation=operation, auth=auth, request_id=request_id,
+                      services=self.services, query_pairs=query)
+
+    def _error(self, request: web.Request, exc: Exception, operation_name: str, request_id: str) -> web.Response:
+        mapped = map_error(exc)
+        if mapped is None:
+            log.exception("unexpected error", extra={"fields": {"operation": operation_name,
+                                                                "request_id": request_id}})
+            mapped = errors.InternalError()
+        elif mapped.status >= 500:
+            log.warning("service unavailable", extra={"fields": {
+                "operation": operation_name, "request_id": request_id, "error": repr(exc)}})
+        return error_response(request, mapped, request_id)
+
+    async def expect_continue(self, request: web.Request) -> web.StreamResponse | None:
+        """aiohttp's ``Expect: 100-continue`` hook: send ``100 Continue`` only once the request is
+        routed and authenticated and its bucket (or multipart upload) exists, so a refused upload
+        never transfers its body. Returns the error response otherwise (the connection then
+        closes: the body the client held back must not be read as the next request)."""
+        request_id = secrets.token_hex(8).upper()
+        operation_name = "Unknown"
+        try:
+            call = await self._authorize(request, request_id)
+            operation_name = call.operation.name
+            if operation_name in ("PutObject", "CopyObject") and await self.services.meta(
+                    self.services.metadata.get_bucket, call.bucket) is None:
+                raise errors.NoSuchBucket(bucket=call.bucket)
+            if operation_name in ("UploadPart", "UploadPartCopy"):
+                upload = await self.services.meta(self.services.metadata.get_multipart_upload,
+                                                  call.query.get("uploadId", ""))
+                if (upload.bucket, upload.key) != (call.bucket, call.key):
+                    raise errors.NoSuchUpload()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            response = self._error(request, exc, operation_name, request_id)
+            response.force_close()
+            REQUESTS.labels(operation_name, str(response.status)).inc()
+            return response
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            response = error_response(request, errors.InvalidRequest("Unsupported Expect header"), request_id)
+            response.force_close()
+            return response
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return None
+
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         """Answer one S3 request; never raises (errors become S3 error documents)."""
         request_id = secrets.token_hex(8).upper()
         started = time.perf_counter()
         operation_name = "Unknown"
         try:
-            raw_path, query = split_target(request.raw_path)
-            operation = router.route(request.method, request.host, raw_path, query, request.headers,
-                                     virtual_host_suffixes=self.services.config.virtual_host_suffixes)
-            operation_name = operation.name
-            access_key_id = requested_access_key(request)
-            if access_key_id:
-                await self.keys.load(access_key_id)
-            now = datetime.datetime.now(datetime.UTC)
-            if sigv2.is_sigv2(request.headers, query):
-                auth = sigv2.verify_request(request.method, raw_path, query, request.headers, self.keys.secret,
-                                            now, bucket=operation.bucket)
-            else:
-                auth = sigv4.verify_request(request.method, raw_path, query, request.headers, self.keys.secret,
-                                            now, region=self.services.config.region)
-            handler = HANDLERS.get(operation.name)
-            if handler is None:
-                raise errors.NotImplemented(f"{operation.name} is not implemented by Coffer")
-            call = S3Call(request=request, operation=operation, auth=auth, request_id=request_id,
-                          services=self.services)
-            response = await handler(call)
+            call = await self._authorize(request, request_id)
+            operation_name = call.operation.name
+            response = await HANDLERS[operation_name](call)
             response.headers.setdefault("x-amz-request-id", request_id)
         except asyncio.CancelledError:
             REQUESTS.labels(operation_name, "cancelled").inc()
             raise
+        except handlers_object.StreamAborted as exc:
+            # Headers and part of the body are out and the connection is aborted: nothing more may
+            # be written (an error document here would land inside the body).
+            REQUESTS.labels(operation_name, "aborted").inc()
+            return exc.response
         except (ConnectionResetError, HttpProcessingError) as exc:
             REQUESTS.labels(operation_name, "disconnected").inc()
             log.info("client went away", extra={"fields": {"operation": operation_name, "error": str(exc),
                                                            "request_id": request_id}})
             raise
         except Exception as exc:  # every failure becomes an S3 error document
-            mapped = map_error(exc)
-            if mapped is None:
-                log.exception("unexpected error", extra={"fields": {"operation": operation_name,
-                                                                    "request_id": request_id}})
-                mapped = errors.InternalError()
-            elif mapped.status >= 500:
-                log.warning("service unavailable", extra={"fields": {
-                    "operation": operation_name, "request_id": request_id, "error": repr(exc)}})
-            response = error_response(request, mapped, request_id)
+            response = self._error(request, exc, operation_name, request_id)
         REQUESTS.labels(operation_name, str(response.status)).inc()
         LATENCY.labels(operation_name).observe(time.perf_counter() - started)
         return response

@@ -346,6 +346,12 @@ class ServiceUnavailable(S3Error):
     code, status, message = "ServiceUnavailable", 503, "Service is unable to handle request."
 
 
+class InvalidPartNumber(S3Error):
+    """416: the requested part number is not within the object's parts."""
+
+    code, status, message = "InvalidPartNumber", 416, "The requested partnumber is not satisfiable"
+
+
 class SlowDown(S3Error):
     """503: reduce the request rate (SDKs retry with backoff)."""
 

@@ -11,6 +11,7 @@ from aiohttp import web
 from frontend.s3 import errors, names, xml
 from frontend.s3.context import S3Call, iso8601
 from frontend.s3.payload import read_small_body
+from metadata.store import BucketAlreadyOwnedByYou
 
 MAX_KEYS_LIMIT = 1000
 
@@ -38,7 +39,13 @@ async def create_bucket(call: S3Call) -> web.StreamResponse:
                 f"The specified location-constraint {location!r} is not valid for this endpoint "
                 f"(region {call.services.config.region}).")
     owner = await _owner(call)
-    await call.services.meta(call.services.metadata.create_bucket, call.bucket, owner)
+    try:
+        await call.services.meta(call.services.metadata.create_bucket, call.bucket, owner)
+    except BucketAlreadyOwnedByYou:
+        # us-east-1 answers 200 to re-creating your own bucket; other regions answer 409.
+        if call.services.config.region != "us-east-1":
+            raise
+
     return web.Response(status=200, headers={"Location": f"/{call.bucket}"})
 
 
@@ -66,6 +73,14 @@ async def get_bucket_location(call: S3Call) -> web.StreamResponse:
         raise errors.NoSuchBucket(bucket=call.bucket)
     region = call.services.config.region
     return _xml(xml.location_constraint("" if region == "us-east-1" else region))
+
+
+async def get_bucket_versioning(call: S3Call) -> web.StreamResponse:
+    """GetBucketVersioning: Coffer's buckets are never versioned (an empty configuration, as S3
+    answers for a bucket that never had versioning enabled)."""
+    if await call.services.meta(call.services.metadata.get_bucket, call.bucket) is None:
+        raise errors.NoSuchBucket(bucket=call.bucket)
+    return _xml(xml.versioning_configuration())
 
 
 def _max_keys(query: dict[str, str]) -> int:

@@ -21,7 +21,7 @@ from frontend.config import MAX_PART_BYTES, MAX_PART_NUMBER, MIN_PART_BYTES
 from frontend.s3 import checksums, errors, names, xml
 from frontend.s3.context import S3Call, iso8601
 from frontend.s3.handlers_object import checksum_headers, copy_source, quote_etag, require_bucket
-from frontend.s3.object_headers import DEFAULT_CONTENT_TYPE, system_metadata, user_metadata
+from frontend.s3.object_headers import DEFAULT_CONTENT_TYPE, system_metadata, user_metadata, write_condition
 from frontend.s3.payload import Payload, read_small_body
 from metadata.store import ChunkRef, MultipartUpload, ObjectRecord, PartRecord
 
@@ -29,7 +29,7 @@ LIST_LIMIT = 1000
 
 
 def _int_parameter(call: S3Call, name: str, default: int, low: int, high: int) -> int:
-    raw = call.request.query.get(name)
+    raw = call.query.get(name)
     if raw is None:
         return default
     try:
@@ -44,7 +44,7 @@ def _int_parameter(call: S3Call, name: str, default: int, low: int, high: int) -
 
 
 async def _upload(call: S3Call) -> MultipartUpload:
-    upload_id = call.request.query.get("uploadId", "")
+    upload_id = call.query.get("uploadId", "")
     upload = await call.services.meta(call.services.metadata.get_multipart_upload, upload_id)
     if upload.bucket != call.bucket or upload.key != call.key:
         raise errors.NoSuchUpload(resource=f"/{call.bucket}/{call.key}")
@@ -160,7 +160,8 @@ async def complete_multipart_upload(call: S3Call) -> web.StreamResponse:
     mismatch), EntityTooSmall (a part other than the last below 5 MiB), MalformedXML.
     """
     upload = await _upload(call)
-    body = await read_small_body(call.request, call.auth)
+    condition = write_condition(call.request.headers)
+    body = await read_small_body(call.request, call.auth, limit=xml.MAX_DOCUMENT_BYTES)
     requested = xml.parse_complete_multipart_upload(body)
     if not requested:
         raise errors.MalformedXML()
@@ -201,7 +202,7 @@ async def complete_multipart_upload(call: S3Call) -> web.StreamResponse:
         system_metadata=upload.system_metadata, checksums=object_checksums, chunks=tuple(chunks),
         part_count=len(chosen), part_sizes=tuple(part.size for part in chosen))
     await call.services.meta(call.services.metadata.complete_multipart_upload, upload.upload_id, record,
-                             [(number, given or "") for number, given, _sums in requested])
+                             [(number, given or "") for number, given, _sums in requested], condition)
     location = f"http://{call.request.host}/{call.bucket}/{call.key}"
     body = xml.complete_multipart_upload_result(location=location, bucket=call.bucket, key=call.key,
                                                 etag=etag, checksums=checksum_headers_for_xml(object_checksums))
@@ -240,7 +241,7 @@ async def list_parts(call: S3Call) -> web.StreamResponse:
 async def list_multipart_uploads(call: S3Call) -> web.StreamResponse:
     """ListMultipartUploads (GET ?uploads): prefix, key-marker, upload-id-marker, max-uploads."""
     await require_bucket(call)
-    query = call.request.query
+    query = call.query
     prefix = query.get("prefix", "")
     key_marker = query.get("key-marker", "")
     upload_id_marker = query.get("upload-id-marker", "")

@@ -8,8 +8,13 @@ object behind.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 import urllib.parse
+from collections.abc import AsyncGenerator
+from typing import cast
 
 from aiohttp import web
 
@@ -26,9 +31,12 @@ from frontend.s3.object_headers import (
     parse_range,
     system_metadata,
     user_metadata,
+    write_condition,
 )
 from frontend.s3.payload import Payload, read_small_body
 from metadata.store import ObjectRecord
+
+log = logging.getLogger("frontend.s3")
 
 
 def quote_etag(md5_hex: str) -> str:
@@ -62,6 +70,7 @@ async def put_object(call: S3Call) -> web.StreamResponse:
         return await copy_object(call)
     meta = user_metadata(headers)
     system = system_metadata(headers)
+    condition = write_condition(headers)
     await require_bucket(call)
     payload = Payload(call.request, call.auth)
     if payload.declared_length > MAX_SINGLE_PUT_BYTES:
@@ -77,7 +86,7 @@ async def put_object(call: S3Call) -> web.StreamResponse:
         last_modified=time.time(), content_type=headers.get("Content-Type") or DEFAULT_CONTENT_TYPE,
         user_metadata=meta, system_metadata=system, checksums=verified, chunks=written.chunks,
         part_count=None)
-    await call.services.meta(call.services.metadata.put_object, record)
+    await call.services.meta(call.services.metadata.put_object, record, condition)
     return web.Response(status=200, headers={"ETag": record.etag, **checksum_headers(verified)})
 
 
@@ -91,7 +100,11 @@ def parse_copy_source(value: str) -> tuple[str, str]:
     if query:
         raise errors.InvalidArgument("Copying a specific version is not supported",
                                      ArgumentName="x-amz-copy-source", ArgumentValue=value)
-    decoded = urllib.parse.unquote(source).lstrip("/")
+    try:
+        decoded = urllib.parse.unquote(source, errors="strict").lstrip("/")
+    except UnicodeDecodeError as exc:
+        raise errors.InvalidArgument("x-amz-copy-source is not valid percent-encoded UTF-8",
+                                     ArgumentName="x-amz-copy-source", ArgumentValue=value) from exc
     bucket, _, key = decoded.partition("/")
     if not bucket or not key:
         raise errors.InvalidArgument("Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
@@ -126,6 +139,7 @@ async def copy_source(call: S3Call) -> tuple[str, str, ObjectRecord]:
 
 async def copy_object(call: S3Call) -> web.StreamResponse:
     """CopyObject: the new object references the source's chunks; no data moves (chunks are shared)."""
+    names.validate_key(call.key)
     headers = call.request.headers
     await require_bucket(call)
     source_bucket, source_key, source = await copy_source(call)
@@ -160,20 +174,74 @@ def _read_headers(call: S3Call, record: ObjectRecord) -> dict[str, str]:
     headers = object_response_headers(
         etag=record.etag, last_modified=record.last_modified, content_type=record.content_type,
         user_meta=record.user_metadata, system_meta=record.system_metadata)
-    if record.part_count:
-        headers["x-amz-mp-parts-count"] = str(record.part_count)
+    query = call.query
     for parameter, header in RESPONSE_OVERRIDES.items():
-        value = call.request.query.get(parameter)
+        value = query.get(parameter)
         if value is not None:
             headers[header] = value
     return headers
 
 
-async def get_object(call: S3Call) -> web.StreamResponse:
-    """GetObject, with Range and conditional requests; bytes stream as stripes are read.
+class StreamAborted(Exception):
+    """A response body could not be completed after its status line was sent; the connection has
+    been aborted, so the client sees a short body (and retries) rather than wrong bytes. The
+    dispatcher must not write anything more on it: it hands ``response`` (already sent) back."""
 
-    If a stripe cannot be read after the status line has gone out, the connection is closed short
-    of Content-Length: a client sees a truncated body and retries; it never gets wrong bytes.
+    def __init__(self, response: web.StreamResponse, reason: str) -> None:
+        super().__init__(reason)
+        self.response = response
+
+
+def _selection(call: S3Call, record: ObjectRecord, headers: dict[str, str]) -> tuple[int, int, int]:
+    """Which bytes a GET/HEAD returns: ``(start, end, status)``, adding Content-Range and part headers.
+
+    Handles ``Range`` and ``?partNumber=N`` (the Nth part of a multipart object; a single-part object
+    is one part), which S3 does not allow together.
+
+    Raises:
+        errors.InvalidRange / errors.InvalidPartNumber (416), errors.InvalidRequest,
+        errors.InvalidArgument (bad part number or a version id: buckets are unversioned).
+    """
+    query = call.query
+    version = query.get("versionId")
+    if version is not None and version != "null":
+        raise errors.InvalidArgument("Invalid version id specified", ArgumentName="versionId",
+                                     ArgumentValue=version)
+    range_header = call.request.headers.get("Range")
+    raw_part = query.get("partNumber")
+    if raw_part is not None:
+        if range_header:
+            raise errors.InvalidRequest("Cannot specify both Range header and partNumber query parameter")
+        if not raw_part.isdigit() or not 1 <= int(raw_part) <= 10_000:
+            raise errors.InvalidArgument("Part number must be an integer between 1 and 10000, inclusive",
+                                         ArgumentName="partNumber", ArgumentValue=raw_part)
+        sizes = record.part_sizes if record.part_count else (record.size,)
+        number = int(raw_part)
+        if number > len(sizes):
+            raise errors.InvalidPartNumber()
+        start = sum(sizes[:number - 1])
+        end = start + sizes[number - 1]
+        headers["x-amz-mp-parts-count"] = str(len(sizes))
+        if not record.part_count:
+            return start, end, 200
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{record.size}" if end > start else \
+            f"bytes */{record.size}"
+        return start, end, 206
+    byte_range = parse_range(range_header, record.size)
+    if byte_range is None:
+        if call.request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
+            headers.update(checksum_headers(record.checksums))
+        return 0, record.size, 200
+    headers["Content-Range"] = byte_range.content_range()
+    return byte_range.start, byte_range.end, 206
+
+
+async def get_object(call: S3Call) -> web.StreamResponse:
+    """GetObject, with Range, partNumber and conditional requests; bytes stream as stripes are read.
+
+    The first chunk is read before the status line goes out, so an unreadable object is a clean
+    503. If a later stripe cannot be read, the connection is aborted short of Content-Length
+    (:class:`StreamAborted`): the client sees a truncated body and retries; it never gets wrong bytes.
     """
     record = await _object_for_read(call)
     headers = _read_headers(call, record)
@@ -182,50 +250,44 @@ async def get_object(call: S3Call) -> web.StreamResponse:
     except NotModified:
         return web.Response(status=304, headers={"ETag": record.etag,
                                                  "Last-Modified": headers["Last-Modified"]})
-    byte_range = parse_range(call.request.headers.get("Range"), record.size)
-    if byte_range is None:
-        start, end, status = 0, record.size, 200
-        if call.request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
-            headers.update(checksum_headers(record.checksums))
-    else:
-        start, end, status = byte_range.start, byte_range.end, 206
-        headers["Content-Range"] = byte_range.content_range()
-    # Read the first chunk before committing to a status line: a stripe that cannot be read at all
-    # becomes a proper 503 rather than a truncated body.
-    stream = object_io.read_stream(call.services.chunk_store, record.chunks, start, end)
-    first = b""
-    if end > start:
-        first = await anext(stream)
-    response = web.StreamResponse(status=status, headers=headers)
-    response.content_length = end - start
-    await response.prepare(call.request)
-    if first:
-        await response.write(first)
-    async for piece in stream:
-        await response.write(piece)
-    await response.write_eof()
+    start, end, status = _selection(call, record, headers)
+    headers["x-amz-request-id"] = call.request_id
+    # read_stream is an async generator: closing it cancels its read-ahead.
+    stream = cast(AsyncGenerator[bytes, None],
+                  object_io.read_stream(call.services.chunk_store, record.chunks, start, end))
+    async with contextlib.aclosing(stream):
+        first = await anext(stream) if end > start else b""
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = end - start
+        await response.prepare(call.request)
+        try:
+            if first:
+                await response.write(first)
+            async for piece in stream:
+                await response.write(piece)
+            await response.write_eof()
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.warning("aborting a GET mid-body: a stripe could not be read", extra={"fields": {
+                "bucket": call.bucket, "key": call.key, "request_id": call.request_id, "error": repr(exc)}})
+            if call.request.transport is not None:
+                call.request.transport.abort()
+            raise StreamAborted(response, repr(exc)) from exc
     return response
 
 
 async def head_object(call: S3Call) -> web.StreamResponse:
-    """HeadObject: the GetObject headers, no body."""
+    """HeadObject: the GetObject headers (Range and partNumber included), no body."""
     record = await _object_for_read(call)
     headers = _read_headers(call, record)
     try:
         check_preconditions(call.request.headers, record.etag, record.last_modified)
     except NotModified:
         return web.Response(status=304, headers={"ETag": record.etag})
-    byte_range = parse_range(call.request.headers.get("Range"), record.size)
-    length = record.size
-    status = 200
-    if byte_range is not None:
-        headers["Content-Range"] = byte_range.content_range()
-        length, status = byte_range.end - byte_range.start, 206
-    elif call.request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
-        headers.update(checksum_headers(record.checksums))
-    headers["Content-Length"] = str(length)
-    response = web.Response(status=status, headers=headers)
-    return response
+    start, end, status = _selection(call, record, headers)
+    headers["Content-Length"] = str(end - start)
+    return web.Response(status=status, headers=headers)
 
 
 async def delete_object(call: S3Call) -> web.StreamResponse:
@@ -241,7 +303,7 @@ MAX_DELETE_KEYS = 1000
 async def delete_objects(call: S3Call) -> web.StreamResponse:
     """DeleteObjects (POST ?delete): up to 1,000 keys; per-key results in a DeleteResult document."""
     await require_bucket(call)
-    body = await read_small_body(call.request, call.auth)
+    body = await read_small_body(call.request, call.auth, limit=xml.MAX_DOCUMENT_BYTES)
     keys, quiet = xml.parse_delete(body)
     if len(keys) > MAX_DELETE_KEYS:
         raise errors.MalformedXML()

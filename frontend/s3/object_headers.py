@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from frontend.config import MAX_USER_METADATA_BYTES
 from frontend.s3 import errors
 from frontend.s3.context import http_date
+from metadata.store import WriteCondition
 
 USER_METADATA_PREFIX = "x-amz-meta-"
 SYSTEM_METADATA_HEADERS = ("Cache-Control", "Content-Disposition", "Content-Encoding", "Content-Language",
@@ -154,6 +155,22 @@ def check_preconditions(headers: Mapping[str, str], etag: str, last_modified: fl
         when = _parse_http_date(since) if since else None
         if when is not None and modified <= when:
             raise NotModified()
+
+
+def write_condition(headers: Mapping[str, str]) -> WriteCondition | None:
+    """The conditional-write headers of a PutObject or CompleteMultipartUpload (S3 supports
+    ``If-None-Match: *`` and ``If-Match: <etag>``), evaluated by the metadata transaction.
+
+    Raises:
+        errors.NotImplemented: ``If-None-Match`` with anything but ``*`` (S3 answers the same).
+    """
+    if_match = headers.get("If-Match")
+    if_none_match = headers.get("If-None-Match")
+    if if_none_match is not None and if_none_match.strip() != "*":
+        raise errors.NotImplemented("If-None-Match on writes supports only '*'", Header="If-None-Match")
+    if if_match is None and if_none_match is None:
+        return None
+    return WriteCondition(if_match=if_match, if_none_match=if_none_match is not None)
 
 
 def object_response_headers(*, etag: str, last_modified: float, content_type: str,

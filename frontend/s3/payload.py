@@ -10,6 +10,7 @@ integrity"). A mismatch raises the S3 error and the caller records nothing.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -87,6 +88,9 @@ class Payload:
             raise errors.InvalidRequest(str(exc)) from exc
         trailer_names = [name.strip().lower() for name in headers.get("x-amz-trailer", "").split(",")
                          if name.strip()]
+        if trailer_names and not self.mode.endswith("-TRAILER"):
+            # A declared trailer that the body framing cannot carry would never be compared.
+            raise errors.InvalidRequest("x-amz-trailer needs a STREAMING-*-TRAILER x-amz-content-sha256")
         algorithms = set(self._expected)
         for name in trailer_names:
             algorithm = checksums.ALGORITHM_FOR_HEADER.get(name)
@@ -115,6 +119,7 @@ class Payload:
                     raise errors.InvalidArgument("x-amz-content-sha256 must be UNSIGNED-PAYLOAD, "
                                                  "a STREAMING-* mode or a hex SHA-256")
                 self._sha256 = _Sha256()
+        self._signed_chunks = self.mode.startswith("STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
         self.received = 0
         self._trailers: dict[str, str] = {}
 
@@ -140,7 +145,10 @@ class Payload:
             if not data:
                 break
             if self._decoder is not None:
-                for piece in self._decoder.feed(data):
+                # Signed chunks are SHA-256'd by the decoder: do that off the event loop.
+                decoded = (await asyncio.to_thread(self._decoder.feed, data) if self._signed_chunks
+                           else self._decoder.feed(data))
+                for piece in decoded:
                     self.received += len(piece)
                     if self.received > self.declared_length:
                         raise errors.IncompleteBody("The body is longer than x-amz-decoded-content-length")

@@ -20,7 +20,7 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from frontend.s3 import errors
@@ -126,7 +126,7 @@ def verify_request(method: str, raw_path: str, query: list[tuple[str, str]], hea
     candidates = [raw_path] + ([f"/{bucket}{raw_path}"] if bucket else [])
     for path in candidates:
         text = string_to_sign(method, date_field, path, query, headers)
-        if hmac.compare_digest(sign(secret, text), provided):
+        if hmac.compare_digest(sign(secret, text).encode(), provided.encode("utf-8", "surrogateescape")):
             return AuthContext(access_key_id=access_key_id, signature=provided, signing_key=b"", scope="",
                                amz_date="", payload_hash=UNSIGNED_PAYLOAD, presigned=presigned)
     raise errors.SignatureDoesNotMatch(
@@ -141,5 +141,7 @@ def _check_skew(stamp: str, now: datetime) -> None:
         when = parsedate_to_datetime(stamp)
     except (TypeError, ValueError) as exc:
         raise errors.AccessDenied("AWS authentication requires a valid Date or x-amz-date header") from exc
+    if when.tzinfo is None:  # "-0000" means UTC with unknown local offset (RFC 5322 3.3)
+        when = when.replace(tzinfo=UTC)
     if abs((now - when).total_seconds()) > MAX_SKEW_SECONDS:
         raise errors.RequestTimeTooSkewed(RequestTime=stamp, ServerTime=now.isoformat())

@@ -462,12 +462,7 @@ def _verify_header(method: str, raw_path: str, pairs: list[tuple[str, str]], hea
         raise InvalidArgument("x-amz-content-sha256 must be UNSIGNED-PAYLOAD, "
                               "STREAMING-AWS4-HMAC-SHA256-PAYLOAD, or a valid sha256 value.",
                               ArgumentName="x-amz-content-sha256", ArgumentValue=payload_hash)
-    # AWS rejects x-amz-* headers left out of the signature: they change the request's meaning.
-    unsigned = sorted(name for name in _header_names(headers)
-                      if name.startswith("x-amz-") and name not in signed_headers)
-    if unsigned:
-        raise AccessDenied("There were headers present in the request which were not signed",
-                           HeadersNotSigned=", ".join(unsigned))
+    _refuse_unsigned_amz_headers(headers, signed_headers)
 
     secret = lookup_secret(credential.access_key_id)
     if secret is None:
@@ -486,6 +481,19 @@ def _verify_header(method: str, raw_path: str, pairs: list[tuple[str, str]], hea
         presigned=False,
         signed_headers=signed_headers,
     )
+
+
+def _refuse_unsigned_amz_headers(headers: HeadersLike, signed_headers: Iterable[str],
+                                 ignored: Iterable[str] = ()) -> None:
+    """AWS rejects x-amz-* headers left out of the signature: they change the request's meaning
+    (on a presigned PUT URL, an added ``x-amz-copy-source`` would turn it into a copy of any object).
+    ``ignored`` names headers that are disregarded rather than trusted when unsigned."""
+    signed, skip = set(signed_headers), set(ignored)
+    unsigned = sorted(name for name in _header_names(headers)
+                      if name.startswith("x-amz-") and name not in signed and name not in skip)
+    if unsigned:
+        raise AccessDenied("There were headers present in the request which were not signed",
+                           HeadersNotSigned=", ".join(unsigned))
 
 
 def _verify_presigned(method: str, raw_path: str, pairs: list[tuple[str, str]], headers: HeadersLike, *,
@@ -509,6 +517,7 @@ def _verify_presigned(method: str, raw_path: str, pairs: list[tuple[str, str]], 
                                    AuthorizationQueryParametersError)
     signed_headers = _parse_signed_headers(params["X-Amz-SignedHeaders"],
                                            AuthorizationQueryParametersError)
+    _refuse_unsigned_amz_headers(headers, signed_headers, ignored=("x-amz-content-sha256",))
     provided = params["X-Amz-Signature"]
     if not _HEX64.fullmatch(provided.lower()):
         raise AuthorizationQueryParametersError("X-Amz-Signature must be 64 hexadecimal characters.")

@@ -29,6 +29,7 @@ from common.layout import CHUNK_SIZE, STRIPE_WIDTH, placement_group
 from metadata.sqlite_store import SqliteMetadataStore
 from placement.cluster_map import ClusterMap
 from placement.watcher import load_cluster_map
+from storagenode.client import StorageNodeClient
 from storagenode.engine import HEADER
 from tests.fixtures.cluster import DevCluster
 
@@ -152,6 +153,43 @@ def test_reads_survive_four_killed_nodes_and_fail_cleanly_with_five(
             if not cluster.is_running(node):
                 cluster.start_process(node)
     read_all(s3, objects)
+
+
+def test_stripe_lost_mid_get_aborts_the_connection(cluster: DevCluster, s3: Any) -> None:
+    body = os.urandom(3 * CHUNK_SIZE)
+    s3.put_object(Bucket=BUCKET, Key="broken-mid", Body=body)
+    second = bytes.fromhex(chunk_hashes(cluster, ["broken-mid"])[1])
+    current = cluster_map(cluster)
+    pg = placement_group(second, current.pg_count)
+    acting_set = current.acting_set(pg)
+
+    async def drop_five_fragments() -> None:
+        for index in range(5):
+            client = StorageNodeClient(current.node(acting_set[index]).address)
+            try:
+                assert await client.delete_fragment(second, index, pg)
+            finally:
+                await client.close()
+
+    asyncio.run(drop_five_fragments())
+    url = urllib.parse.urlsplit(s3.generate_presigned_url(
+        "get_object", Params={"Bucket": BUCKET, "Key": "broken-mid"}, ExpiresIn=60))
+    connection = http.client.HTTPConnection(str(url.hostname), url.port, timeout=60)
+    try:
+        connection.request("GET", f"{url.path}?{url.query}")
+        response = connection.getresponse()
+        assert response.status == 200  # the first chunk was readable, so the body had started
+        declared = int(response.getheader("Content-Length") or 0)
+        try:
+            received = response.read()
+        except http.client.IncompleteRead as short:
+            received = short.partial
+    finally:
+        connection.close()
+    assert declared == len(body)
+    assert len(received) < declared, "the response must end short of Content-Length"
+    assert received == body[:len(received)], "never a wrong byte, never an error document in the body"
+    s3.delete_object(Bucket=BUCKET, Key="broken-mid")
 
 
 # --- acceptance 4: processes killed in the middle of a PUT -----------------------------------------
