@@ -1,8 +1,9 @@
 """The cluster map: nodes, their state and labels, and every placement group's acting set.
 
 A ``ClusterMap`` is an immutable snapshot versioned by its ``epoch``. The active placement service
-publishes it to etcd as the ``cluster.proto`` ``ClusterMap`` record (``format_version`` 1); every
-other process reads it through ``placement.watcher``.
+publishes it to etcd as the ``cluster.proto`` ``ClusterMap`` record (``format_version`` 2, which adds
+each acting set's former positions; version 1 records are still read, with none); every other
+process reads it through ``placement.watcher``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from google.protobuf.message import DecodeError
 from common.layout import DATA_FRAGMENTS, PARITY_FRAGMENTS, placement_group
 from proto import cluster_pb2
 
-CLUSTER_MAP_FORMAT_VERSION = 1
+CLUSTER_MAP_FORMAT_VERSION = 2
+# Versions ``from_bytes`` reads: 1 has no former positions.
+READABLE_FORMAT_VERSIONS = frozenset({1, 2})
 
 
 class UnsupportedFormatVersion(ValueError):
@@ -92,11 +95,16 @@ class ClusterMap:
     ``nodes`` maps node id -> ``Node`` (including DOWN and OUT nodes); ``acting_sets[pg]`` is the
     ordered tuple of ``data_fragments + parity_fragments`` node ids holding placement group ``pg``:
     fragment ``i`` lives on ``acting_sets[pg][i]``. ``published_at`` is the publish time (Unix
-    seconds, 0 when unknown); it is informational and not compared.
+    seconds, 0 when unknown); it is informational and not compared. ``former_positions[pg]`` lists
+    ``(node_id, position)`` of nodes that held a position of ``pg``'s stripe and left it, oldest
+    departure first, so placement can give a returning node its old position back (``()``: none
+    for any placement group).
 
     Raises:
         ValueError: on construction, if ``acting_sets`` does not hold exactly ``pg_count`` stripes
-            of width ``data_fragments + parity_fragments`` naming nodes of ``nodes``.
+            of width ``data_fragments + parity_fragments`` naming nodes of ``nodes``, or
+            ``former_positions`` is not one entry per placement group naming known nodes outside
+            the acting set at positions inside the stripe.
     """
 
     epoch: int
@@ -106,6 +114,7 @@ class ClusterMap:
     data_fragments: int = DATA_FRAGMENTS
     parity_fragments: int = PARITY_FRAGMENTS
     published_at: float = field(default=0.0, compare=False)
+    former_positions: tuple[tuple[tuple[str, int], ...], ...] = ()
 
     def __post_init__(self) -> None:
         # A read-only view, so a "frozen" map cannot be changed through its nodes dict.
@@ -122,6 +131,19 @@ class ClusterMap:
             for node_id in acting:
                 if node_id not in self.nodes:
                     raise ValueError(f"acting set of pg {pg} names unknown node {node_id!r}")
+        former = tuple(tuple((str(n), int(p)) for n, p in entries) for entries in self.former_positions)
+        if not former:
+            former = tuple(() for _ in range(self.pg_count))
+        object.__setattr__(self, "former_positions", former)
+        if len(former) != self.pg_count:
+            raise ValueError(f"{len(former)} former-position lists for {self.pg_count} placement groups")
+        for pg, entries in enumerate(former):
+            node_ids = [node_id for node_id, _ in entries]
+            if len(set(node_ids)) != len(node_ids):
+                raise ValueError(f"former positions of pg {pg} name a node twice")
+            for node_id, position in entries:
+                if node_id not in self.nodes or node_id in self.acting_sets[pg] or not 0 <= position < width:
+                    raise ValueError(f"invalid former position {position} of node {node_id!r} in pg {pg}")
         for node_id, node in self.nodes.items():
             if node.node_id != node_id:
                 raise ValueError(f"node {node.node_id!r} filed under {node_id!r}")
@@ -170,7 +192,7 @@ class ClusterMap:
         return replace(self, **changes)  # type: ignore[arg-type]
 
     def to_proto(self) -> cluster_pb2.ClusterMap:
-        """Return the ``cluster.proto`` record (format version 1) of this map."""
+        """Return the ``cluster.proto`` record (format version 2) of this map."""
         record = cluster_pb2.ClusterMap(
             format_version=CLUSTER_MAP_FORMAT_VERSION,
             epoch=self.epoch,
@@ -195,12 +217,15 @@ class ClusterMap:
                     state_since_unix_ms=round(node.state_since * 1000),
                 )
             )
-        for acting in self.acting_sets:
-            record.acting_sets.append(cluster_pb2.ActingSet(node_ids=acting))
+        for acting, former in zip(self.acting_sets, self.former_positions, strict=True):
+            record.acting_sets.append(cluster_pb2.ActingSet(
+                node_ids=acting,
+                former_positions=[cluster_pb2.FormerPosition(node_id=n, position=p) for n, p in former],
+            ))
         return record
 
     def to_bytes(self) -> bytes:
-        """Serialize as the ``cluster.proto`` ``ClusterMap`` record (format version 1)."""
+        """Serialize as the ``cluster.proto`` ``ClusterMap`` record (format version 2)."""
         return self.to_proto().SerializeToString(deterministic=True)
 
     @classmethod
@@ -208,7 +233,7 @@ class ClusterMap:
         """Parse a ``cluster.proto`` ``ClusterMap`` record.
 
         Raises:
-            UnsupportedFormatVersion: if ``format_version`` is not 1.
+            UnsupportedFormatVersion: if ``format_version`` is not 1 or 2 (1: no former positions).
             ValueError: if the bytes are not a valid record or the map is inconsistent.
         """
         record = cluster_pb2.ClusterMap()
@@ -216,10 +241,10 @@ class ClusterMap:
             record.ParseFromString(bytes(data))
         except DecodeError as error:
             raise ValueError(f"cluster map record does not parse: {error}") from error
-        if record.format_version != CLUSTER_MAP_FORMAT_VERSION:
+        if record.format_version not in READABLE_FORMAT_VERSIONS:
             raise UnsupportedFormatVersion(
                 f"cluster map format_version {record.format_version} is not supported "
-                f"(this code reads version {CLUSTER_MAP_FORMAT_VERSION}); upgrade this process"
+                f"(this code reads versions {sorted(READABLE_FORMAT_VERSIONS)}); upgrade this process"
             )
         nodes: dict[str, Node] = {}
         for item in record.nodes:
@@ -244,5 +269,10 @@ class ClusterMap:
             data_fragments=int(record.data_fragments),
             parity_fragments=int(record.parity_fragments),
             published_at=record.published_unix_ms / 1000.0,
+            former_positions=tuple(
+                tuple((f.node_id, int(f.position)) for f in a.former_positions) if record.format_version >= 2
+                else ()
+                for a in record.acting_sets
+            ),
         )
 

@@ -18,7 +18,9 @@ from placement.keys import DEFAULT_PREFIX, ClusterKeys
 from proto import cluster_pb2
 
 REGISTRATION_FORMAT_VERSION = 1
-_RETRY_SECONDS = 0.5
+_RETRY_SECONDS = 0.25
+# Shortest useful per-call timeout (seconds) on a loaded machine.
+_MIN_CALL_SECONDS = 0.2
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +28,8 @@ logger = logging.getLogger(__name__)
 class NodeRegistrar:
     """Keeps ``registration`` under ``<prefix>nodes/<node_id>`` in etcd at ``etcd_endpoint``
     (``host:port``), bound to a lease of ``ttl_seconds`` (etcd rounds up to whole seconds and
-    enforces its own minimum, 2 s by default) refreshed every third of the TTL.
+    enforces its own minimum, 2 s by default) refreshed every quarter of the TTL, each keep-alive
+    cut off well before the lease could lapse (``refresh_schedule``).
 
     Raises:
         ValueError: on construction, for a malformed endpoint or node id.
@@ -118,34 +121,62 @@ class NodeRegistrar:
         logger.info("registered", extra={"fields": {"key": self._key, "lease": lease_id, "ttl": granted}})
 
     async def _keep_alive(self) -> None:
-        last_refresh = time.monotonic()
+        # Monotonic times: when the lease lapses at the latest (counted from when the last successful
+        # keep-alive was sent) and when the next keep-alive is due.
+        lease_deadline = time.monotonic() + self._granted_ttl
+        next_refresh = time.monotonic() + refresh_schedule(self._granted_ttl)[0]
         while True:
             if self._lease_id is None:
                 await asyncio.sleep(_RETRY_SECONDS)
             else:
-                await asyncio.sleep(max(0.2, self._granted_ttl / 3))
+                await asyncio.sleep(max(0.0, next_refresh - time.monotonic()))
+            interval, call_timeout = refresh_schedule(self._granted_ttl)
             try:
                 if self._lease_id is None:
                     await self._register()
-                    last_refresh = time.monotonic()
+                    lease_deadline = time.monotonic() + self._granted_ttl
+                    next_refresh = time.monotonic() + refresh_schedule(self._granted_ttl)[0]
                     continue
-                ttl = await self._etcd.refresh_lease(self._lease_id)
+                sent = time.monotonic()
+                # Bounded by a fraction of the lease time left, so a slow answer leaves time for
+                # further attempts before the lease lapses.
+                budget = max(_MIN_CALL_SECONDS, min(call_timeout, (lease_deadline - sent) / 2))
+                async with asyncio.timeout(budget):
+                    ttl = await self._etcd.refresh_lease(self._lease_id)
                 if ttl <= 0:
                     # The lease expired (etcd was away too long): the record is gone, start over.
                     logger.warning("lease lost, re-registering", extra={"fields": {"key": self._key}})
                     self._lease_id = None
                     self._registered.clear()
                     await self._register()
-                elif self._dirty:
+                    sent = time.monotonic()
+                    ttl = self._granted_ttl
+                lease_deadline = sent + ttl
+                next_refresh = sent + interval
+                if self._dirty:
                     self._dirty = False
-                    await self._etcd.put(self._key, self._registration.SerializeToString(),
-                                         lease=self._lease_id)
-                last_refresh = time.monotonic()
-            except EtcdUnavailable as error:
-                if time.monotonic() - last_refresh > self._ttl_seconds:
+                    async with asyncio.timeout(budget):
+                        await self._etcd.put(self._key, self._registration.SerializeToString(),
+                                             lease=self._lease_id)
+            except (EtcdUnavailable, TimeoutError) as error:
+                if time.monotonic() > lease_deadline:
                     self._registered.clear()
-                logger.warning("etcd unreachable", extra={"fields": {"key": self._key, "error": str(error)}})
+                # Retry soon: the lease is still running down.
+                next_refresh = time.monotonic() + min(_RETRY_SECONDS, interval)
+                logger.warning("lease keep-alive failed", extra={
+                    "fields": {"key": self._key, "error": repr(error)}})
             except Exception:
                 # Never let the registrar die: a dead registrar would make the node DOWN forever.
                 logger.exception("registration keep-alive failed", extra={"fields": {"key": self._key}})
-                await asyncio.sleep(_RETRY_SECONDS)
+                next_refresh = time.monotonic() + _RETRY_SECONDS
+
+
+def refresh_schedule(ttl_seconds: float) -> tuple[float, float]:
+    """Return ``(refresh_interval, call_timeout)`` in seconds for a lease of ``ttl_seconds``.
+
+    A keep-alive is sent every quarter of the TTL and each attempt is cut off after a fifth of it
+    (and after half the lease time still left), retrying at once: a lease survives at least two
+    failed or hung attempts in a row (1.25 s / 1 s for a 5 s TTL, where etcd's own client sends
+    keep-alives every TTL/3 with no per-call slack to spare).
+    """
+    return ttl_seconds / 4, max(_MIN_CALL_SECONDS, ttl_seconds / 5)

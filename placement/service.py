@@ -10,6 +10,10 @@ registrations and turns them into map changes (``next_cluster_map``, a pure func
 * back again -> UP (an OUT node coming back is placed anew);
 * DOWN for ``down_out_interval`` seconds -> OUT, and acting sets are recomputed without it.
 
+When the nodes cannot be placed under the failure-domain rule (``rendezvous.placement_rules``), the
+first map is not published and later maps keep the previous acting sets; an error tells the
+operator what to add, and ``coffer_placement_rule_satisfied`` drops to 0.
+
 Each change is published as epoch + 1 in one transaction that compares the stored map's mod
 revision and the leader key's value, so a deposed or concurrent leader can never publish.
 """
@@ -37,8 +41,8 @@ from common.layout import DEFAULT_PG_COUNT
 from placement.cluster_map import ClusterMap, Node, NodeState, node_from_registration
 from placement.etcd import EtcdClient, EtcdUnavailable, KeyValue, cancel_and_wait
 from placement.keys import DEFAULT_PREFIX, ClusterKeys
-from placement.registration import REGISTRATION_FORMAT_VERSION
-from placement.rendezvous import InsufficientNodes, compute_acting_sets
+from placement.registration import REGISTRATION_FORMAT_VERSION, refresh_schedule
+from placement.rendezvous import InsufficientNodes, Placement, RuleStatus, compute_placement, rule_status
 from proto import cluster_pb2
 
 logger = logging.getLogger(__name__)
@@ -46,6 +50,12 @@ logger = logging.getLogger(__name__)
 EPOCH_GAUGE = Gauge("coffer_placement_epoch", "Epoch of the cluster map the leader last read or published")
 NODES_GAUGE = Gauge("coffer_placement_nodes", "Nodes in the published cluster map, by state", ["state"])
 IS_LEADER_GAUGE = Gauge("coffer_placement_is_leader", "1 while this placement service is the leader")
+RULE_SATISFIED_GAUGE = Gauge(
+    "coffer_placement_rule_satisfied",
+    "1 if the leader's nodes can be placed under the failure-domain rule (at most 4 fragments per "
+    "domain at the labelled level), 0 if placement is frozen until nodes are added",
+    ["level"],
+)
 
 _RETRY_SECONDS = 0.5
 
@@ -68,9 +78,11 @@ def next_cluster_map(
 
     ``registrations``: node id -> registration record of every node whose lease is alive.
     ``now``: wall-clock Unix seconds (node ``state_since`` values are in the same clock).
-    The first map (epoch 1) appears once ``min_nodes`` nodes are registered; ``pg_count`` is used
-    only then (an existing map keeps its own). If marking nodes OUT would leave no valid placement,
-    they stay DOWN.
+    The first map (epoch 1) appears once ``min_nodes`` nodes are registered and they can be placed
+    under the failure-domain rule; ``pg_count`` is used only then (an existing map keeps its own).
+    If marking nodes OUT would leave no valid placement, they stay DOWN; if no valid placement
+    exists at all (e.g. a new zone made the rule apply at zone level, where the zones are too
+    uneven), the previous acting sets are kept. Both cases log an error naming what to add.
     """
     if current is None:
         if len(registrations) < min_nodes:
@@ -79,11 +91,13 @@ def next_cluster_map(
             node_id: node_from_registration(reg, NodeState.UP, now) for node_id, reg in registrations.items()
         }
         try:
-            acting_sets = compute_acting_sets(pg_count, nodes)
+            first = compute_placement(pg_count, nodes)
         except InsufficientNodes as error:
-            logger.warning("cannot publish the first map", extra={"fields": {"error": str(error)}})
+            logger.error("cannot publish the first cluster map: the failure-domain rule cannot be met",
+                         extra={"fields": {"error": str(error)}})
             return None
-        return ClusterMap(epoch=1, pg_count=pg_count, nodes=nodes, acting_sets=acting_sets, published_at=now)
+        return ClusterMap(epoch=1, pg_count=pg_count, nodes=nodes, acting_sets=first.acting_sets,
+                          former_positions=first.former_positions, published_at=now)
 
     nodes: dict[str, Node] = dict(current.nodes)  # type: ignore[no-redef]
     placement_changed = False
@@ -109,20 +123,27 @@ def next_cluster_map(
             newly_out.append(node_id)
             placement_changed = True
 
-    acting_sets = current.acting_sets
+    acting_sets, former_positions = current.acting_sets, current.former_positions
     if placement_changed:
+        placement: Placement | None
         try:
-            acting_sets = compute_acting_sets(current.pg_count, nodes, previous=current)
+            placement = compute_placement(current.pg_count, nodes, previous=current)
         except InsufficientNodes as error:
             # Keep the nodes DOWN (still holding their fragments) rather than lose placements.
-            logger.error("placement impossible, keeping nodes down",
-                         extra={"fields": {"error": str(error), "nodes": ",".join(newly_out)}})
+            if newly_out:
+                logger.error("placement impossible, keeping nodes down",
+                             extra={"fields": {"error": str(error), "nodes": ",".join(newly_out)}})
             for node_id in newly_out:
                 nodes[node_id] = current.nodes[node_id]
             try:
-                acting_sets = compute_acting_sets(current.pg_count, nodes, previous=current)
-            except InsufficientNodes:
-                acting_sets = current.acting_sets
+                placement = compute_placement(current.pg_count, nodes, previous=current)
+            except InsufficientNodes as still:
+                # Never publish a placement that breaks the rule: keep the previous acting sets.
+                logger.error("failure-domain rule cannot be met, keeping the previous acting sets",
+                             extra={"fields": {"error": str(still)}})
+                placement = None
+        if placement is not None:
+            acting_sets, former_positions = placement.acting_sets, placement.former_positions
     if nodes == dict(current.nodes) and acting_sets == current.acting_sets:
         return None
     return ClusterMap(
@@ -133,6 +154,7 @@ def next_cluster_map(
         data_fragments=current.data_fragments,
         parity_fragments=current.parity_fragments,
         published_at=now,
+        former_positions=former_positions,
     )
 
 
@@ -194,6 +216,7 @@ class PlacementService:
         self._lease_id: int | None = None
         self._token = ""
         self._epoch = 0
+        self._rule_status: RuleStatus | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -281,17 +304,24 @@ class PlacementService:
                         return
 
     async def _hold_lease(self, lease_id: int, ttl: int) -> None:
-        """Keep the leader lease alive; return once it is (or may be) lost."""
-        last_ok = time.monotonic()
+        """Keep the leader lease alive; return once it is (or may be) lost. Same schedule as node
+        leases (``registration.refresh_schedule``): a hung keep-alive is cut off and retried."""
+        interval, call_timeout = refresh_schedule(ttl)
+        lease_deadline = time.monotonic() + ttl
+        next_refresh = time.monotonic() + interval
         while True:
-            await asyncio.sleep(max(0.2, ttl / 3))
+            await asyncio.sleep(max(0.0, next_refresh - time.monotonic()))
+            sent = time.monotonic()
             try:
-                if await self._etcd.refresh_lease(lease_id) <= 0:
+                async with asyncio.timeout(max(0.2, min(call_timeout, (lease_deadline - sent) / 2))):
+                    remaining = await self._etcd.refresh_lease(lease_id)
+                if remaining <= 0:
                     return
-                last_ok = time.monotonic()
-            except EtcdUnavailable:
-                if time.monotonic() - last_ok >= ttl:
+                lease_deadline, next_refresh = sent + remaining, sent + interval
+            except (EtcdUnavailable, TimeoutError):
+                if time.monotonic() >= lease_deadline:
                     return
+                next_refresh = time.monotonic() + min(_RETRY_SECONDS, interval)
 
     async def _lead(self) -> None:
         wake = asyncio.Event()
@@ -318,6 +348,10 @@ class PlacementService:
                     wake.set()
             except EtcdUnavailable as error:
                 logger.debug("registration watch interrupted", extra={"fields": {"error": str(error)}})
+            except Exception:
+                # Never end silently: without this watch the leader would only notice changes at
+                # the next poll. Log, back off, watch again.
+                logger.exception("registration watch failed")
             await asyncio.sleep(_RETRY_SECONDS)
 
     async def _reconcile(self) -> float:
@@ -359,6 +393,10 @@ class PlacementService:
                 "down": len(proposed.nodes_in_state(NodeState.DOWN)),
                 "out": len(proposed.nodes_in_state(NodeState.OUT))}})
             current = proposed
+        self._record_rule_status(
+            current.nodes if current is not None
+            else {node_id: node_from_registration(reg, NodeState.UP, now) for node_id, reg in registrations.items()}
+        )
         if current is None:
             return self._poll_interval
         self._record_metrics(current)
@@ -368,6 +406,20 @@ class PlacementService:
             if node.state == NodeState.DOWN and node.state_since + self._down_out_interval > now
         ]
         return min([self._poll_interval, *[d + 0.01 for d in deadlines]])
+
+    def _record_rule_status(self, nodes: Mapping[str, Node]) -> None:
+        """Set ``coffer_placement_rule_satisfied{level}`` (one series, the level in force) and log
+        when the rule stops or starts being met."""
+        status = rule_status(nodes)
+        if status != self._rule_status:
+            if not status.satisfied:
+                logger.error("failure-domain rule cannot be met; placement frozen until nodes are added",
+                             extra={"fields": {"level": status.level, "error": status.detail}})
+            elif self._rule_status is not None:
+                logger.info("failure-domain rule met again", extra={"fields": {"level": status.level}})
+            self._rule_status = status
+        RULE_SATISFIED_GAUGE.clear()
+        RULE_SATISFIED_GAUGE.labels(level=status.level).set(1 if status.satisfied else 0)
 
     def _record_metrics(self, current: ClusterMap) -> None:
         self._epoch = current.epoch

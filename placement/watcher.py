@@ -1,7 +1,8 @@
 """Follow the published cluster map: load it once, then watch etcd for newer epochs.
 
-A process that loses etcd keeps its last map (a frontend keeps serving) and keeps retrying; after
-etcd returns it re-reads the map, so no epoch published meanwhile is missed. Maps are only ever
+A process that loses etcd keeps its last map (a frontend keeps serving) and keeps retrying (after any
+error, not only etcd's: the watch task never ends before ``stop()``); after etcd returns it re-reads
+the map, so no epoch published meanwhile is missed. Maps are only ever
 replaced by a higher epoch.
 """
 
@@ -151,5 +152,9 @@ class ClusterMapWatcher:
                         await self._apply(event.value)
             except EtcdUnavailable as error:
                 logger.warning("cluster map watch interrupted", extra={"fields": {"error": str(error)}})
+            except Exception:
+                # Never end: a dead watch would leave this process on a stale map forever. Log with
+                # the traceback, back off and re-read.
+                logger.exception("cluster map watch failed, retrying")
             await asyncio.sleep(retry)
             retry = min(_MAX_RETRY_SECONDS, retry * 2)

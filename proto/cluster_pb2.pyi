@@ -64,11 +64,21 @@ class NodeRecord(_message.Message):
     state_since_unix_ms: int
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., failure_domain: _Optional[_Union[FailureDomain, _Mapping]] = ..., capacity_bytes: _Optional[int] = ..., state: _Optional[_Union[NodeState, str]] = ..., state_since_unix_ms: _Optional[int] = ...) -> None: ...
 
+class FormerPosition(_message.Message):
+    __slots__ = ("node_id", "position")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    position: int
+    def __init__(self, node_id: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
+
 class ActingSet(_message.Message):
-    __slots__ = ("node_ids",)
+    __slots__ = ("node_ids", "former_positions")
     NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    FORMER_POSITIONS_FIELD_NUMBER: _ClassVar[int]
     node_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    former_positions: _containers.RepeatedCompositeFieldContainer[FormerPosition]
+    def __init__(self, node_ids: _Optional[_Iterable[str]] = ..., former_positions: _Optional[_Iterable[_Union[FormerPosition, _Mapping]]] = ...) -> None: ...
 
 class ClusterMap(_message.Message):
     __slots__ = ("format_version", "epoch", "pg_count", "data_fragments", "parity_fragments", "nodes", "acting_sets", "published_unix_ms")

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from placement.cluster_map import ClusterMap, NodeState
-from placement.etcd import EtcdClient
+from placement.cluster_map import ClusterMap, NodeState, node_from_registration
+from placement.etcd import EtcdClient, EtcdUnavailable, KeyValue, cancel_and_wait
 from placement.keys import ClusterKeys
 from placement.registration import NodeRegistrar
+from placement.rendezvous import compute_acting_sets
 from placement.service import PlacementService
 from placement.watcher import ClusterMapWatcher, load_cluster_map
 from proto import cluster_pb2
@@ -258,5 +259,99 @@ def test_stale_leader_cannot_publish(etcd_server: EtcdServer) -> None:
                 keys.map, b"four", latest.mod_revision, guards={keys.placement_leader: b"me#2"})
             assert (await etcd.get(keys.map)).value == b"two"  # type: ignore[union-attr]
             assert await etcd.create(keys.placement_leader, b"x") is False
+
+    run(scenario())
+
+
+def test_watcher_survives_unexpected_errors(etcd_server: EtcdServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure other than EtcdUnavailable inside the watch loop must not end it: the watcher
+    logs, backs off and still delivers later epochs."""
+
+    async def scenario() -> None:
+        prefix = new_prefix()
+        keys = ClusterKeys(prefix)
+        nodes = {
+            f"node-{i:02d}": node_from_registration(registration(i), NodeState.UP, 0.0) for i in range(14)
+        }
+        first = ClusterMap(epoch=1, pg_count=PG_COUNT, nodes=nodes,
+                           acting_sets=compute_acting_sets(PG_COUNT, nodes))
+        real_get_prefix = EtcdClient.get_prefix
+        failures = 0
+
+        async def failing_once(self: EtcdClient, key: str) -> tuple[list[KeyValue], int]:
+            nonlocal failures
+            if key == keys.map and failures == 0:
+                failures += 1
+                raise RuntimeError("injected: a bug or an unexpected reply")
+            return await real_get_prefix(self, key)
+
+        monkeypatch.setattr(EtcdClient, "get_prefix", failing_once)
+        async with EtcdClient(etcd_server.endpoint) as etcd:
+            async def published() -> bool:
+                try:
+                    await etcd.put(keys.map, first.to_bytes())
+                except EtcdUnavailable:  # a freshly started etcd on a busy machine
+                    return False
+                return True
+
+            await eventually(published, "etcd to accept the first map")
+            watcher = ClusterMapWatcher(etcd_server.endpoint, prefix=prefix)
+            await watcher.start(timeout=10)
+            try:
+                await eventually(_true_after(lambda: failures == 1), "the injected failure")
+                await etcd.put(keys.map, first.with_changes(epoch=2).to_bytes())
+                assert (await watcher.wait_for_epoch(2, timeout=15)).epoch == 2
+            finally:
+                await watcher.stop()
+
+    run(scenario())
+
+
+def _true_after(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return predicate()
+
+    return check
+
+
+def test_hung_keepalive_does_not_lapse_the_lease(etcd_server: EtcdServer) -> None:
+    """One keep-alive that never answers is cut off and retried well before the lease (2 s) lapses,
+    so the registration is never deleted."""
+
+    async def scenario() -> None:
+        prefix = new_prefix()
+        (registrar,) = await start_registrars(etcd_server.endpoint, prefix, [5])
+        etcd_client = registrar._etcd  # the registrar's own session; only its keep-alive is slowed
+        real_refresh = etcd_client.refresh_lease
+        hung = asyncio.Event()
+
+        async def hang_once(lease_id: int) -> int:
+            if not hung.is_set():
+                hung.set()
+                await asyncio.sleep(3 * LEASE_TTL)  # an etcd answer that does not come in time
+            return await real_refresh(lease_id)
+
+        etcd_client.refresh_lease = hang_once  # type: ignore[method-assign]
+        deleted = asyncio.Event()
+        async with EtcdClient(etcd_server.endpoint) as etcd:
+            kv = await etcd.get(registrar.key)
+            assert kv is not None
+
+            async def watch_for_delete() -> None:
+                async for event in etcd.watch(registrar.key, start_revision=kv.mod_revision + 1):
+                    if event.deleted:
+                        deleted.set()
+
+            watching = asyncio.create_task(watch_for_delete())
+            try:
+                await asyncio.wait_for(hung.wait(), 10)
+                # Long enough for the lease to lapse twice over had the keep-alive waited.
+                await asyncio.sleep(3 * LEASE_TTL)
+                assert not deleted.is_set(), "registration lapsed during one slow keep-alive"
+                assert registrar.registered
+                assert await etcd.get(registrar.key) is not None
+            finally:
+                await cancel_and_wait(watching)
+                await registrar.stop()
 
     run(scenario())

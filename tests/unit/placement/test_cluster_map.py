@@ -46,9 +46,44 @@ def test_round_trip_through_bytes() -> None:
 
 def test_unknown_format_version_is_refused() -> None:
     record = sample_map().to_proto()
-    record.format_version = 2
-    with pytest.raises(UnsupportedFormatVersion, match="format_version 2"):
+    record.format_version = 3
+    with pytest.raises(UnsupportedFormatVersion, match="format_version 3"):
         ClusterMap.from_bytes(record.SerializeToString())
+
+
+def with_former_positions(cluster_map: ClusterMap) -> ClusterMap:
+    """node-15 (OUT) remembered at position 3 of placement group 0."""
+    former: list[tuple[tuple[str, int], ...]] = [() for _ in range(cluster_map.pg_count)]
+    former[0] = (("node-15", 3),)
+    return cluster_map.with_changes(former_positions=tuple(former))
+
+
+def test_former_positions_round_trip() -> None:
+    original = with_former_positions(sample_map())
+    assert original.to_proto().format_version == 2
+    decoded = ClusterMap.from_bytes(original.to_bytes())
+    assert decoded.former_positions[0] == (("node-15", 3),)
+    assert decoded == original
+
+
+def test_version_1_maps_are_still_read() -> None:
+    # A map published before former positions existed: same record, format_version 1.
+    original = sample_map()
+    record = original.to_proto()
+    record.format_version = 1
+    decoded = ClusterMap.from_bytes(record.SerializeToString())
+    assert decoded == original
+    assert decoded.former_positions == tuple(() for _ in range(original.pg_count))
+
+
+def test_invalid_former_positions_are_rejected() -> None:
+    good = sample_map(pg_count=4)
+    member = good.acting_sets[0][0]
+    for bad in ((("ghost", 1),), ((member, 1),), (("node-15", 14),), (("node-15", 1), ("node-15", 2))):
+        with pytest.raises(ValueError, match="former position"):
+            good.with_changes(former_positions=(bad, (), (), ()))
+    with pytest.raises(ValueError, match="former-position lists"):
+        good.with_changes(former_positions=((), ()))
 
 
 def test_garbage_is_refused() -> None:

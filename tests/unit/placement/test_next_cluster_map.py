@@ -106,3 +106,65 @@ def test_out_that_would_break_placement_stays_down() -> None:
     assert down is not None
     # Only 13 eligible nodes would remain: node-13 keeps its fragments and stays DOWN.
     assert step(down, live, T0 + DOWN_OUT + 1) is None
+
+
+def zoned_registrations(zones: dict[int, str]) -> dict[str, cluster_pb2.NodeRegistration]:
+    """Registrations of nodes ``index -> zone``, each node its own rack and host."""
+    regs = {}
+    for index, zone in zones.items():
+        reg = registration(index)
+        reg.failure_domain.zone = zone
+        regs[reg.node_id] = reg
+    return regs
+
+
+def test_first_map_waits_until_the_rule_can_be_met() -> None:
+    # Zones of 8, 2, 2 and 2 nodes hold at most 10 fragments at 4 per zone.
+    uneven = {i: "a" if i < 8 else "bcd"[(i - 8) // 2] for i in range(14)}
+    assert step(None, zoned_registrations(uneven), T0) is None
+    # Adding nodes to the small zones (now 8, 4, 3, 3) lets the first map appear.
+    even = {**uneven, 14: "b", 15: "b", 16: "c", 17: "d"}
+    cluster_map = step(None, zoned_registrations(even), T0 + 5)
+    assert cluster_map is not None
+    for acting in cluster_map.acting_sets:
+        zones = [cluster_map.node(n).failure_domain.zone for n in acting]
+        assert max(zones.count(z) for z in "abcd") <= 4
+
+
+def test_node_making_the_rule_unmeetable_keeps_acting_sets() -> None:
+    # Three zones (10, 2, 2 nodes): the rule applies per rack, one node per rack.
+    zones = {i: "a" if i < 10 else "bc"[(i - 10) // 2] for i in range(14)}
+    cluster_map = step(None, zoned_registrations(zones), T0)
+    assert cluster_map is not None
+    # A node in a fourth zone makes the rule apply per zone, where 4 + 2 + 2 + 1 < 14: the node is
+    # recorded UP, but no placement that puts more than 4 fragments in zone "a" is published.
+    grown = step(cluster_map, zoned_registrations({**zones, 14: "d"}), T0 + 5)
+    assert grown is not None
+    assert grown.node("node-14").state == NodeState.UP
+    assert grown.acting_sets == cluster_map.acting_sets
+    # A node failing meanwhile stays DOWN rather than OUT: its positions cannot move.
+    live = zoned_registrations({i: z for i, z in {**zones, 14: "d"}.items() if i != 3})
+    down = step(grown, live, T0 + 10)
+    assert down is not None and down.node("node-03").state == NodeState.DOWN
+    assert step(down, live, T0 + 10 + DOWN_OUT + 1) is None
+
+
+def test_nodes_back_from_out_take_their_old_positions() -> None:
+    def step256(current: ClusterMap | None, regs: dict[str, cluster_pb2.NodeRegistration],
+                now: float) -> ClusterMap | None:
+        return next_cluster_map(current, regs, now, pg_count=256, down_out_interval=DOWN_OUT)
+
+    # node-07 joins after the first map, so positions are no longer in rendezvous rank order: filling
+    # vacated positions in rank order would then swap node-03 and node-07 in many stripes.
+    first = step256(None, registrations([i for i in range(18) if i != 7]), T0)
+    cluster_map = step256(first, registrations(range(18)), T0)
+    assert cluster_map is not None
+    live = registrations([i for i in range(18) if i not in (3, 7)])
+    down = step256(cluster_map, live, T0 + 1)
+    assert down is not None
+    out = step256(down, live, T0 + 1 + DOWN_OUT)
+    assert out is not None and out.node("node-03").state == NodeState.OUT
+    back = step256(out, registrations(range(18)), T0 + 2 + DOWN_OUT)
+    assert back is not None
+    assert back.acting_sets == cluster_map.acting_sets
+    assert ClusterMap.from_bytes(back.to_bytes()) == back  # former positions survive publishing

@@ -15,8 +15,10 @@ from placement.rendezvous import (
     InsufficientNodes,
     compute_acting_set,
     compute_acting_sets,
+    compute_placement,
     placement_rules,
     rendezvous_score,
+    rule_status,
 )
 
 WIDTH = 14
@@ -59,13 +61,14 @@ def domain(node: Node, level: str) -> tuple[str, ...]:
 
 
 def expected_rule_level(nodes: dict[str, Node]) -> str | None:
-    """The design brief's rule, restated independently: the outermost level with at least 4
-    domains whose domains can hold a whole stripe at 4 fragments each."""
+    """The design brief's rule, restated independently: it applies at the outermost level with at
+    least 4 domains; None if that level's domains cannot hold a whole stripe at 4 fragments each
+    (a finer level would let one of its domains hold more than 4)."""
     eligible = [n for n in nodes.values() if n.state != NodeState.OUT]
     for level in ("zone", "rack", "host"):
         counts = Counter(domain(n, level) for n in eligible)
-        if len(counts) >= 4 and sum(min(MAX_PER_DOMAIN, c) for c in counts.values()) >= WIDTH:
-            return level
+        if len(counts) >= 4:
+            return level if sum(min(MAX_PER_DOMAIN, c) for c in counts.values()) >= WIDTH else None
     return None
 
 
@@ -151,6 +154,11 @@ def test_adding_a_node_moves_only_positions_it_takes(nodes: dict[str, Node]) -> 
     previous = ClusterMap(epoch=1, pg_count=64, nodes=nodes, acting_sets=before)
     joining = make_node(99, "z-new", "r-new", "h-new")
     grown = {**nodes, joining.node_id: joining}
+    if expected_rule_level(grown) is None:
+        # A new zone can make the rule apply at zone level, where the zones are too uneven.
+        with pytest.raises(InsufficientNodes):
+            compute_acting_sets(64, grown, previous)
+        return
     after = compute_acting_sets(64, grown, previous)
     moved = moved_positions(before, after)
     if placement_rules(nodes) == placement_rules(grown):
@@ -236,3 +244,121 @@ def test_shared_hosts_spread_as_evenly_as_possible() -> None:
     for acting in compute_acting_sets(64, nodes):
         hosts = Counter(nodes[n].failure_domain.host for n in acting)
         assert max(hosts.values()) == 2
+
+
+def zoned_cluster(sizes: list[int]) -> dict[str, Node]:
+    """Zones ``z0, z1, ...`` of ``sizes[i]`` nodes, each node its own rack and host."""
+    nodes = {}
+    index = 0
+    for zone, size in enumerate(sizes):
+        for _ in range(size):
+            node = make_node(index, f"z{zone}", f"r{index}", f"h{index}")
+            nodes[node.node_id] = node
+            index += 1
+    return nodes
+
+
+def test_uneven_zones_raise_instead_of_falling_back_to_racks() -> None:
+    # 4 zones of 8, 2, 2, 2 nodes: at most 4 + 2 + 2 + 2 = 10 fragments at 4 per zone. Placing by
+    # rack instead would put 8 fragments in z0, and losing z0 would lose data.
+    nodes = zoned_cluster([8, 2, 2, 2])
+    with pytest.raises(InsufficientNodes, match="add nodes to the smaller zones"):
+        placement_rules(nodes)
+    with pytest.raises(InsufficientNodes):
+        compute_acting_sets(16, nodes)
+    status = rule_status(nodes)
+    assert (status.level, status.satisfied) == ("zone", False)
+    assert "z0=8" in status.detail
+
+
+def test_adding_nodes_to_small_zones_meets_the_rule() -> None:
+    nodes = zoned_cluster([8, 4, 3, 3])
+    assert rule_status(nodes).satisfied and rule_status(nodes).level == "zone"
+    for acting in compute_acting_sets(16, nodes):
+        assert max(Counter(nodes[n].failure_domain.zone for n in acting).values()) <= MAX_PER_DOMAIN
+
+
+def test_three_zones_place_by_rack() -> None:
+    # Fewer than 4 zones: the rule applies to racks (the outermost level with 4 domains).
+    nodes = {f"node-{i:02d}": make_node(i, f"z{i % 3}", f"r{i % 6}", f"h{i}") for i in range(18)}
+    assert placement_rules(nodes).domain_level == "rack"
+    for acting in compute_acting_sets(16, nodes):
+        racks = Counter(domain(nodes[n], "rack") for n in acting)
+        assert max(racks.values()) <= MAX_PER_DOMAIN
+
+
+def test_dev_cluster_places_one_fragment_per_zone() -> None:
+    nodes = spread_cluster(14)
+    assert rule_status(nodes).satisfied and placement_rules(nodes).domain_level == "zone"
+
+
+def previous_map(nodes: dict[str, Node], pg_count: int, previous: ClusterMap | None = None) -> ClusterMap:
+    placement = compute_placement(pg_count, nodes, previous)
+    return ClusterMap(epoch=(previous.epoch + 1) if previous else 1, pg_count=pg_count, nodes=nodes,
+                      acting_sets=placement.acting_sets, former_positions=placement.former_positions)
+
+
+def with_state(nodes: dict[str, Node], node_ids: list[str], state: NodeState) -> dict[str, Node]:
+    return {**nodes, **{n: dataclasses.replace(nodes[n], state=state) for n in node_ids}}
+
+
+def test_nodes_returning_from_out_get_their_positions_back() -> None:
+    # The reviewer's case: 18 nodes, node-03 and node-07 go OUT and come back. Before former
+    # positions, they were swapped in about a quarter of the placement groups.
+    # node-07 joins after the first map, so positions are not in rank order any more.
+    nodes = spread_cluster(18)
+    first = previous_map(nodes, PG_COUNT, previous_map(
+        {n: node for n, node in nodes.items() if n != "node-07"}, PG_COUNT))
+    out = previous_map(with_state(nodes, ["node-03", "node-07"], NodeState.OUT), PG_COUNT, first)
+    back = previous_map(nodes, PG_COUNT, out)
+    assert back.acting_sets == first.acting_sets
+    # The nodes that stood in for them are remembered in turn (they hold the repaired fragments).
+    assert back.former_positions != first.former_positions
+
+
+@st.composite
+def membership_changes(draw: st.DrawFn) -> list[tuple[str, int]]:
+    """A sequence of (action, node index): "out" marks a node OUT, "back" returns it, "join"
+    adds a new node."""
+    return draw(st.lists(st.tuples(st.sampled_from(["out", "back", "join"]), st.integers(0, 19)),
+                         min_size=1, max_size=8))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(15, 18), st.sampled_from([None, 5]), membership_changes())
+def test_members_never_change_position(count: int, zones: int | None, changes: list[tuple[str, int]]) -> None:
+    """Through join/leave/return sequences, a node that stays a member keeps its position, and a
+    node that becomes a member again gets back the position it last held (unless a node that
+    stayed a member holds it)."""
+    pg_count = 32
+    nodes = spread_cluster(count, zones)
+    current = previous_map(nodes, pg_count)
+    last_position: list[dict[str, int]] = [{n: i for i, n in enumerate(a)} for a in current.acting_sets]
+    next_index = 40
+    for action, index in changes:
+        node_id = f"node-{index % count:02d}"
+        if action == "out":
+            candidate = with_state(nodes, [node_id], NodeState.OUT)
+        elif action == "back":
+            candidate = with_state(nodes, [node_id], NodeState.UP)
+        else:
+            joining = make_node(next_index, f"z{next_index % zones if zones else next_index}",
+                                f"r{next_index}", f"h{next_index}")
+            next_index += 1
+            candidate = {**nodes, joining.node_id: joining}
+        try:
+            following = previous_map(candidate, pg_count, current)
+        except InsufficientNodes:
+            continue
+        for pg, (old, new) in enumerate(zip(current.acting_sets, following.acting_sets, strict=True)):
+            for position, node_id in enumerate(new):
+                if node_id in old:
+                    assert old.index(node_id) == position  # stayed a member: never moves
+                elif node_id in last_position[pg]:
+                    former = last_position[pg][node_id]
+                    holder = new[former]
+                    # Back in the stripe: its old position, unless a continuing member or another
+                    # returning node that last held it holds it.
+                    assert position == former or holder in old or last_position[pg].get(holder) == former
+            last_position[pg].update({n: i for i, n in enumerate(new)})
+        nodes, current = candidate, following
