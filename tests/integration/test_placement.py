@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from placement.cluster_map import ClusterMap, NodeState, node_from_registration
 from placement.etcd import EtcdClient, EtcdUnavailable, KeyValue, cancel_and_wait
@@ -352,6 +353,61 @@ def test_hung_keepalive_does_not_lapse_the_lease(etcd_server: EtcdServer) -> Non
                 assert await etcd.get(registrar.key) is not None
             finally:
                 await cancel_and_wait(watching)
+                await registrar.stop()
+
+    run(scenario())
+
+
+def test_no_map_until_the_failure_domain_rule_can_be_met(etcd_server: EtcdServer) -> None:
+    """Zones of 8, 2, 2 and 2 nodes: the leader publishes nothing and reports the rule unmet; once
+    the small zones grow, the first map appears with at most 4 fragments per zone."""
+
+    def zoned(index: int, zone: str) -> cluster_pb2.NodeRegistration:
+        reg = registration(index)
+        reg.failure_domain.zone = zone
+        return reg
+
+    async def scenario() -> None:
+        prefix = new_prefix()
+        endpoint = etcd_server.endpoint
+        zones = {i: "a" if i < 8 else "bcd"[(i - 8) // 2] for i in range(14)}
+        registrars = [NodeRegistrar(endpoint, zoned(i, z), ttl_seconds=LEASE_TTL, prefix=prefix)
+                      for i, z in zones.items()]
+        service = PlacementService(endpoint, pg_count=PG_COUNT, down_out_interval=600.0, min_nodes=14,
+                                   instance_id="solo", prefix=prefix, leader_ttl_seconds=2.0, poll_interval=0.5)
+        try:
+            for registrar in registrars:
+                await registrar.start()
+                await registrar.wait_registered(timeout=10)
+            await service.start()
+
+            async def rule_reported_unmet() -> bool:
+                return REGISTRY.get_sample_value("coffer_placement_rule_satisfied", {"level": "zone"}) == 0.0
+
+            await eventually(rule_reported_unmet, "the rule gauge to report 0 at zone level")
+            assert await load_cluster_map(endpoint, prefix=prefix) is None
+
+            for index, zone in {14: "b", 15: "b", 16: "c", 17: "d"}.items():  # zones now 8, 4, 3, 3
+                registrars.append(NodeRegistrar(endpoint, zoned(index, zone), ttl_seconds=LEASE_TTL, prefix=prefix))
+                await registrars[-1].start()
+
+            async def published() -> bool:
+                return await load_cluster_map(endpoint, prefix=prefix) is not None
+
+            await eventually(published, "the first map")
+            cluster_map = await load_cluster_map(endpoint, prefix=prefix)
+            assert cluster_map is not None
+            for acting in cluster_map.acting_sets:
+                per_zone = [cluster_map.node(n).failure_domain.zone for n in acting]
+                assert max(per_zone.count(z) for z in "abcd") <= 4
+
+            async def rule_reported_met() -> bool:
+                return REGISTRY.get_sample_value("coffer_placement_rule_satisfied", {"level": "zone"}) == 1.0
+
+            await eventually(rule_reported_met, "the rule gauge to report 1")
+        finally:
+            await service.stop()
+            for registrar in registrars:
                 await registrar.stop()
 
     run(scenario())
