@@ -30,7 +30,6 @@ from metadata.sqlite_store import SqliteMetadataStore
 from placement.cluster_map import ClusterMap
 from placement.watcher import load_cluster_map
 from storagenode.client import StorageNodeClient
-from storagenode.engine import HEADER
 from tests.fixtures.cluster import DevCluster
 
 pytestmark = [pytest.mark.system, pytest.mark.coffer_cluster(nodes=14, pg_count=64)]
@@ -280,7 +279,7 @@ def test_flipped_byte_is_detected_reported_and_read_around(
         keys = [cast(bytes, k) for k in volume.keys()]  # noqa: SIM118 - Rdict iterates items
         key = next(k for k in keys if k[4:36].hex() == chunk_hash and k[36] == 0)
         value = bytearray(cast(bytes, volume[key]))
-        value[HEADER.size + 1000] ^= 0x01
+        value[1000] ^= 0x01  # the default column family holds the fragment's bytes alone
         volume[key] = bytes(value)
         volume.flush()
     finally:
