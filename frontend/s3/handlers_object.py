@@ -253,10 +253,11 @@ async def get_object(call: S3Call) -> web.StreamResponse:
     start, end, status = _selection(call, record, headers)
     headers["x-amz-request-id"] = call.request_id
     # read_stream is an async generator: closing it cancels its read-ahead.
-    stream = cast(AsyncGenerator[bytes, None],
-                  object_io.read_stream(call.services.chunk_store, record.chunks, start, end))
+    # Payload views of the data fragments go to the socket as they are: no per-chunk join.
+    stream = cast(AsyncGenerator[memoryview, None],
+                  object_io.read_stream_pieces(call.services.chunk_store, record.chunks, start, end))
     async with contextlib.aclosing(stream):
-        first = await anext(stream) if end > start else b""
+        first: bytes | memoryview = await anext(stream) if end > start else b""
         response = web.StreamResponse(status=status, headers=headers)
         response.content_length = end - start
         await response.prepare(call.request)
