@@ -34,6 +34,7 @@ from frontend.erasure import (
     fragment_bytes,
     fragment_header_bytes,
 )
+from placement.cluster_map import NodeState
 from storagenode.errors import FragmentCorrupt, StorageError
 
 if TYPE_CHECKING:
@@ -82,6 +83,9 @@ class _Target:
     index: int
     node_id: str
     address: str
+    # DOWN in the map (lease lapsed): asked only when the other nodes cannot supply 10 fragments,
+    # so a node that black-holes requests costs no hedge timeout per chunk.
+    down: bool = False
 
 
 class ChunkStore:
@@ -287,7 +291,8 @@ class ChunkStore:
     def _targets(self, cluster_map: ClusterMap, pg: int) -> list[_Target]:
         acting = cluster_map.acting_set(pg)
         return [
-            _Target(index, node_id, cluster_map.nodes[node_id].address)
+            _Target(index, node_id, cluster_map.nodes[node_id].address,
+                    down=cluster_map.nodes[node_id].state != NodeState.UP)
             for index, node_id in enumerate(acting)
         ]
 
@@ -369,6 +374,8 @@ class _StripeRead:
     async def fast_path(self, ranges: list[tuple[int, int, int]], *, whole: bool) -> list[memoryview] | None:
         """Slice the covering data fragments; None when any failed or was slower than ``hedge_after``."""
         indexes = [index for index, _, _ in ranges]
+        if any(self.targets[i].down for i in indexes):
+            return None  # straight to the other fragments: no timeout spent on a node known down
         self._fetch(indexes)
         wanted = [self.tasks[i] for i in indexes]
         done, pending = await asyncio.wait(wanted, timeout=self.store.hedge_after)
@@ -392,12 +399,18 @@ class _StripeRead:
         return pieces
 
     async def decode_path(self) -> bytes:
-        """Fetch every fragment not yet asked for, decode from 10 good ones, verify the SHA-256."""
-        self._fetch(range(STRIPE_WIDTH))
+        """Fetch every fragment not yet asked for (nodes marked DOWN last), decode from 10 good ones,
+        verify the SHA-256."""
+        self._fetch(i for i in range(STRIPE_WIDTH) if not self.targets[i].down)
         tried: set[frozenset[int]] = set(self.tried)
         attempts = 0
         while True:
             outstanding = [t for i, t in self.tasks.items() if i not in self.good and i not in self.failed]
+            if not outstanding and len(self.tasks) < STRIPE_WIDTH and \
+                    (len(self.good) < DATA_FRAGMENTS or _next_combination(self.good, tried) is None):
+                # The map may be stale: try the nodes it calls DOWN before giving up.
+                self._fetch(range(STRIPE_WIDTH))
+                continue
             if len(self.good) < DATA_FRAGMENTS and outstanding:
                 done, _ = await asyncio.wait(outstanding, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:

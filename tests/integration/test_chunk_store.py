@@ -8,6 +8,7 @@ on-disk corruption, and finally killed nodes (4 -> still exact, 5 -> ``ChunkUnav
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import random
@@ -326,6 +327,29 @@ def test_paused_node_is_hedged_around(cluster: Cluster) -> None:
     finally:
         slow.signal(signal.SIGCONT)
     assert metric("coffer_frontend_degraded_reads_total") - degraded_before == 2
+
+
+def test_reads_skip_a_node_the_map_calls_down(cluster: Cluster) -> None:
+    """A DOWN node that black-holes requests must not stall reads: with a two-minute hedge, asking it
+    first would blow the 30 s bound below."""
+    chunk_hash, data = STORED[-1]
+    silent = cluster.holder(chunk_hash, 0)
+    nodes = dict(cluster.cluster_map.nodes)
+    nodes[silent.node_id] = dataclasses.replace(nodes[silent.node_id], state=NodeState.DOWN)
+    down_map = cluster.cluster_map.with_changes(nodes=nodes)
+    silent.signal(signal.SIGSTOP)
+    try:
+
+        async def body(pool: StorageNodePool) -> None:
+            store = ChunkStore(lambda: down_map, pool, cluster.coder, hedge_after=120.0)
+            whole = await asyncio.wait_for(store.read_chunk(chunk_hash, len(data)), 30)
+            assert whole == data
+            part = await asyncio.wait_for(store.read_chunk(chunk_hash, len(data), 10, 5000), 30)
+            assert part == data[10:5000]
+
+        run_with_pool(body, timeout=120.0)
+    finally:
+        silent.signal(signal.SIGCONT)
 
 
 def _flip_a_byte_on_disk(volume: Path, chunk_hash: bytes, index: int) -> None:
