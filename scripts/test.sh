@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole check: ruff, mypy, the generated-protobuf check, then every pytest tier (unit,
+# The whole check: ruff, mypy, import layers (import-linter), the generated-protobuf check, then every pytest tier (unit,
 # integration, system). Arguments go to pytest (e.g. `bash scripts/test.sh tests/unit -x`).
 # Needs .venv (bash scripts/setup.sh) and etcd on PATH.
 set -euo pipefail
@@ -19,6 +19,8 @@ echo "== ruff"
 "$venv/ruff" check .
 echo "== mypy"
 "$venv/mypy" .
+echo "== import layers"
+"$venv/lint-imports" --no-cache
 echo "== proto check"
 PYTHON=$venv/python bash scripts/gen_proto.sh --check
 echo "== pytest"
