@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
+from collections.abc import Sequence
 
 from aiohttp import web
 
@@ -23,7 +24,7 @@ from frontend.s3.context import S3Call, iso8601
 from frontend.s3.handlers_object import checksum_headers, copy_source, quote_etag, require_bucket
 from frontend.s3.object_headers import DEFAULT_CONTENT_TYPE, system_metadata, user_metadata, write_condition
 from frontend.s3.payload import Payload, read_small_body
-from metadata.store import ChunkRef, MultipartUpload, ObjectRecord, PartRecord
+from metadata.store import ChunkRef, MultipartUpload, NoSuchKey, NoSuchUpload, ObjectRecord, PartRecord
 
 LIST_LIMIT = 1000
 
@@ -159,12 +160,16 @@ async def complete_multipart_upload(call: S3Call) -> web.StreamResponse:
     Raises InvalidPartOrder (numbers not ascending), InvalidPart (unknown part or ETag/checksum
     mismatch), EntityTooSmall (a part other than the last below 5 MiB), MalformedXML.
     """
-    upload = await _upload(call)
     condition = write_condition(call.request.headers)
     body = await read_small_body(call.request, call.auth, limit=xml.MAX_DOCUMENT_BYTES)
     requested = xml.parse_complete_multipart_upload(body)
     if not requested:
         raise errors.MalformedXML()
+    try:
+        upload = await _upload(call)
+    except (NoSuchUpload, errors.NoSuchUpload):
+        # A retry whose first attempt completed (the response was lost) succeeds, as on AWS.
+        return await _already_completed(call, requested)
     numbers = [number for number, _etag, _sums in requested]
     if any(later <= earlier for earlier, later in itertools.pairwise(numbers)):
         raise errors.InvalidPartOrder()
@@ -188,8 +193,8 @@ async def complete_multipart_upload(call: S3Call) -> web.StreamResponse:
     for part in chosen:
         chunks.extend(ChunkRef(hash=c.hash, size=c.size, offset=offset + c.offset) for c in part.chunks)
         offset += part.size
-    md5s = b"".join(bytes.fromhex(part.etag.strip('"')) for part in chosen)
-    etag = f'"{hashlib.md5(md5s).hexdigest()}-{len(chosen)}"'
+    etag = multipart_etag([part.etag for part in chosen])
+    assert etag is not None  # stored part ETags are MD5s we computed
     object_checksums: dict[str, str] = {}
     upload_algorithm = upload.checksum_algorithm
     if upload_algorithm and all(upload_algorithm in part.checksums for part in chosen):
@@ -206,6 +211,33 @@ async def complete_multipart_upload(call: S3Call) -> web.StreamResponse:
     location = f"http://{call.request.host}/{call.bucket}/{call.key}"
     body = xml.complete_multipart_upload_result(location=location, bucket=call.bucket, key=call.key,
                                                 etag=etag, checksums=checksum_headers_for_xml(object_checksums))
+    return web.Response(status=200, body=body, content_type="application/xml")
+
+
+def multipart_etag(part_etags: list[str]) -> str | None:
+    """The S3 ETag of an object made of parts with these ETags (MD5 of the binary part MD5s, a dash,
+    the count); None when an ETag is not an MD5."""
+    try:
+        md5s = b"".join(bytes.fromhex(etag.strip().strip('"')) for etag in part_etags)
+    except ValueError:
+        return None
+    return f'"{hashlib.md5(md5s).hexdigest()}-{len(part_etags)}"'
+
+
+async def _already_completed(call: S3Call, requested: Sequence[tuple[int, str | None, dict[str, str]]]) -> web.Response:
+    """Answer a CompleteMultipartUpload for an upload that no longer exists: success when the key
+    holds exactly the object those parts make, NoSuchUpload otherwise."""
+    expected = multipart_etag([etag or "" for _number, etag, _sums in requested])
+    try:
+        current = await call.services.meta(call.services.metadata.get_object, call.bucket, call.key)
+    except NoSuchKey:
+        current = None
+    if expected is None or current is None or current.etag != expected or current.part_count != len(requested):
+        raise errors.NoSuchUpload(resource=f"/{call.bucket}/{call.key}")
+    location = f"http://{call.request.host}/{call.bucket}/{call.key}"
+    body = xml.complete_multipart_upload_result(location=location, bucket=call.bucket, key=call.key,
+                                                etag=current.etag,
+                                                checksums=checksum_headers_for_xml(current.checksums))
     return web.Response(status=200, body=body, content_type="application/xml")
 
 

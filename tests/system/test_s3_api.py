@@ -181,6 +181,11 @@ def test_multipart_upload_with_boto3(s3: Any, bucket: str) -> None:
         MultipartUpload={"Parts": [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(etags)]})
     md5s = b"".join(hashlib.md5(p).digest() for p in parts)
     assert done["ETag"] == f'"{hashlib.md5(md5s).hexdigest()}-3"'
+    # A retried completion (its first response lost) answers the same success, as AWS does.
+    again = s3.complete_multipart_upload(
+        Bucket=bucket, Key="mp", UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(etags)]})
+    assert again["ETag"] == done["ETag"]
     whole = b"".join(parts)
     assert s3.get_object(Bucket=bucket, Key="mp")["Body"].read() == whole
     start = 5 * MiB - 10

@@ -27,10 +27,11 @@ from rocksdict import AccessType, Options, Rdict
 
 from common.layout import CHUNK_SIZE, STRIPE_WIDTH, placement_group
 from metadata.sqlite_store import SqliteMetadataStore
-from placement.cluster_map import ClusterMap
+from placement.cluster_map import ClusterMap, NodeState
 from placement.watcher import load_cluster_map
 from storagenode.client import StorageNodeClient
 from tests.fixtures.cluster import DevCluster
+from tests.fixtures.processes import wait_until
 
 pytestmark = [pytest.mark.system, pytest.mark.coffer_cluster(nodes=14, pg_count=64)]
 
@@ -163,10 +164,12 @@ def test_stripe_lost_mid_get_aborts_the_connection(cluster: DevCluster, s3: Any)
     acting_set = current.acting_set(pg)
 
     async def drop_five_fragments() -> None:
+        # At most 9 fragments remain afterwards (a stripe written right after node restarts may
+        # already lack one: writes succeed at the quorum and repair is issue 3's).
         for index in range(5):
             client = StorageNodeClient(current.node(acting_set[index]).address)
             try:
-                assert await client.delete_fragment(second, index, pg)
+                await client.delete_fragment(second, index, pg)
             finally:
                 await client.close()
 
@@ -285,11 +288,18 @@ def test_flipped_byte_is_detected_reported_and_read_around(
     finally:
         volume.close()
     cluster.start_process(holder)
+    # Reads skip nodes the map calls DOWN, so the corrupt fragment is only asked for once the
+    # restarted node is UP again in the frontend's map; until then reads are right without it.
+    wait_until(lambda: cluster_map(cluster).nodes[holder].state == NodeState.UP, 30, f"{holder} to be up")
     before = metric_value(cluster, "frontend", "coffer_frontend_corrupt_fragments_total")
-    assert s3.get_object(Bucket=BUCKET, Key="one-chunk")["Body"].read() == objects["one-chunk"]
-    after = metric_value(cluster, "frontend", "coffer_frontend_corrupt_fragments_total")
-    reported_by_node = metric_value(cluster, holder, "coffer_storagenode_corrupt_fragments_total")
-    assert after > before or reported_by_node > 0
+
+    def read_and_detect() -> bool:
+        assert s3.get_object(Bucket=BUCKET, Key="one-chunk")["Body"].read() == objects["one-chunk"]
+        after = metric_value(cluster, "frontend", "coffer_frontend_corrupt_fragments_total")
+        reported_by_node = metric_value(cluster, holder, "coffer_storagenode_corrupt_fragments_total")
+        return after > before or reported_by_node > 0
+
+    wait_until(read_and_detect, 30, "the corrupt fragment to be detected and counted", interval=0.5)
     assert re.search(r"corrupt", cluster.log(holder) + cluster.log("frontend"), re.IGNORECASE)
 
 
