@@ -25,6 +25,7 @@ from frontend.config import FrontendConfig, parse_args
 from frontend.erasure import ErasureCoder
 from frontend.s3.context import S3Services
 from frontend.s3.dispatch import S3Dispatcher
+from frontend.upload_budget import UploadBudget
 from metadata.sqlite_store import SqliteMetadataStore
 from placement.watcher import ClusterMapWatcher
 from storagenode.client import StorageNodePool
@@ -99,7 +100,8 @@ async def start_frontend(config: FrontendConfig) -> Frontend:
     coder = ErasureCoder(workers=config.erasure_workers)
     nodes = StorageNodePool()
     chunk_store = ChunkStore(view.current, nodes, coder, write_quorum=config.write_quorum)
-    services = S3Services(metadata=metadata, chunk_store=chunk_store, config=config)
+    services = S3Services(metadata=metadata, chunk_store=chunk_store, config=config,
+                          upload_budget=UploadBudget(config.upload_memory_bytes))
     runner = web.AppRunner(build_app(services, view), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.listen_host, config.listen_port, backlog=1024)

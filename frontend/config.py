@@ -23,7 +23,8 @@ class FrontendConfig:
     ``metadata_path``: the SQLite file. ``metrics_port``: Prometheus (0 picks a free port,
     -1 disables). ``virtual_host_suffixes``: host names under which ``bucket.<suffix>`` addresses a
     bucket (virtual-hosted-style). ``parallel_chunks``: stripes written concurrently per request.
-    ``erasure_workers``: processes that run the erasure coder.
+    ``erasure_workers``: processes that run the erasure coder. ``upload_memory_bytes``: memory all
+    uploads in progress may hold together (beyond it, uploads wait their turn).
     """
 
     listen_host: str = "127.0.0.1"
@@ -37,6 +38,7 @@ class FrontendConfig:
     parallel_chunks: int = 3
     erasure_workers: int = 2
     map_timeout_seconds: float = 60.0
+    upload_memory_bytes: int = 1024**3
 
 
 def parse_args(argv: list[str] | None) -> FrontendConfig:
@@ -56,6 +58,8 @@ def parse_args(argv: list[str] | None) -> FrontendConfig:
     parser.add_argument("--write-quorum", type=int, default=WRITE_QUORUM)
     parser.add_argument("--parallel-chunks", type=int, default=3)
     parser.add_argument("--erasure-workers", type=int, default=2)
+    parser.add_argument("--upload-memory", type=int, default=1024**3,
+                        help="bytes all uploads in progress may hold together (default 1 GiB)")
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
@@ -71,4 +75,5 @@ def parse_args(argv: list[str] | None) -> FrontendConfig:
         write_quorum=args.write_quorum,
         parallel_chunks=args.parallel_chunks,
         erasure_workers=args.erasure_workers,
+        upload_memory_bytes=args.upload_memory,
     )

@@ -10,10 +10,12 @@ from typing import ParamSpec, TypeVar
 
 from aiohttp import web
 
+from common.layout import CHUNK_SIZE
 from frontend.chunk_store import ChunkStore
 from frontend.config import FrontendConfig
 from frontend.s3.router import Operation
 from frontend.s3.sigv4 import AuthContext
+from frontend.upload_budget import UploadBudget
 from metadata.store import MetadataStore
 
 P = ParamSpec("P")
@@ -27,6 +29,11 @@ class S3Services:
     metadata: MetadataStore
     chunk_store: ChunkStore
     config: FrontendConfig
+    upload_budget: UploadBudget
+
+    def upload_window(self, declared_length: int) -> int:
+        """Bytes an upload of ``declared_length`` bytes can hold at once: its chunk window."""
+        return min(declared_length, (self.config.parallel_chunks + 1) * CHUNK_SIZE)
 
     async def meta(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a (blocking, SQLite) metadata call in a thread so the event loop keeps serving."""

@@ -75,9 +75,10 @@ async def put_object(call: S3Call) -> web.StreamResponse:
     payload = Payload(call.request, call.auth)
     if payload.declared_length > MAX_SINGLE_PUT_BYTES:
         raise errors.EntityTooLarge(ProposedSize=payload.declared_length, MaxSizeAllowed=MAX_SINGLE_PUT_BYTES)
-    written = await object_io.write_stream(
-        payload.pieces(), call.services.chunk_store, call.services.metadata,
-        observers=payload.observers, parallel_chunks=call.services.config.parallel_chunks)
+    async with call.services.upload_budget.reserve(call.services.upload_window(payload.declared_length)):
+        written = await object_io.write_stream(
+            payload.pieces(), call.services.chunk_store, call.services.metadata,
+            observers=payload.observers, parallel_chunks=call.services.config.parallel_chunks)
     verified = payload.verify(bytes.fromhex(written.md5_hex))
     if verified:
         verified["checksum_type"] = "FULL_OBJECT"
