@@ -219,18 +219,40 @@ def _rpc_error(address: str, exc: grpc.aio.AioRpcError) -> StorageError:
 
 
 class _StreamSession:
-    """One open ``Stream`` call, its reader task and the requests waiting for a response."""
+    """One open ``Stream`` call, its sender and reader tasks and the requests waiting for a response.
+
+    Only the sender task writes to the call, one message at a time (grpc.aio allows one write in
+    progress). Callers queue their request and await their own response future: a caller that is
+    cancelled or times out never interrupts a write (grpc.aio cancels the whole call when a write is
+    cancelled, which would fail every other request on the stream); a request whose caller gave up
+    before its turn is not sent at all.
+    """
 
     def __init__(self, address: str, call: Any) -> None:
         self.address = address
         self.call = call
         self.pending: dict[int, asyncio.Future[StreamResponse]] = {}
-        self.write_lock = asyncio.Lock()  # grpc.aio allows one write in progress per call
+        self.outbox: asyncio.Queue[tuple[bytes, asyncio.Future[StreamResponse]]] = asyncio.Queue()
         self.reader = asyncio.create_task(self._read_responses())
+        self.sender = asyncio.create_task(self._send_requests())
 
     @property
     def alive(self) -> bool:
-        return not self.reader.done()
+        return not self.reader.done() and not self.sender.done()
+
+    async def _send_requests(self) -> None:
+        try:
+            while True:
+                serialized, future = await self.outbox.get()
+                if future.done():  # the caller gave up before its turn
+                    continue
+                await self.call.write(serialized)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Writing fails when the call already ended; the reader may not know yet.
+            self.call.cancel()
+            self.fail_pending(NodeUnavailable(f"{self.address}: stream broken: {exc!r}"))
 
     async def _read_responses(self) -> None:
         reason = "stream ended by the node"
@@ -248,6 +270,7 @@ class _StreamSession:
             reason = f"stream failed: {exc!r}"
         finally:
             self.fail_pending(NodeUnavailable(f"{self.address}: {reason}"))
+            self.sender.cancel()  # nothing more can be answered on this call
 
     def fail_pending(self, error: StorageError) -> None:
         pending, self.pending = self.pending, {}
@@ -258,6 +281,7 @@ class _StreamSession:
     def close(self) -> None:
         self.call.cancel()
         self.reader.cancel()
+        self.sender.cancel()
 
 
 class StorageNodeClient:
@@ -359,13 +383,7 @@ class StorageNodeClient:
                     asyncio.get_running_loop().create_future()
                 )
                 session.pending[request_id] = future
-                try:
-                    async with session.write_lock:
-                        await session.call.write(serialized)
-                except Exception as exc:
-                    # Writing fails when the call already ended; the reader may not know yet.
-                    session.call.cancel()
-                    raise NodeUnavailable(f"{self.address}: stream broken: {exc!r}") from exc
+                session.outbox.put_nowait((serialized, future))
                 response = await future
         except TimeoutError as exc:
             raise NodeUnavailable(f"{self.address}: no answer within {self.timeout:g} s") from exc

@@ -41,7 +41,7 @@ class LyingServicer(storage_pb2_grpc.StorageNodeServicer):
 async def with_server(
     servicer: storage_pb2_grpc.StorageNodeServicer, body: Callable[[str], Awaitable[None]]
 ) -> None:
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
     storage_pb2_grpc.add_StorageNodeServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -155,3 +155,36 @@ def test_pool_caches_clients_and_replaces_one_whose_address_changed() -> None:
             await first.get_fragment(chunk_hash_for(1), 0, 0)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("cancel_after", [0.0, 0.0005, 0.001])
+def test_cancelled_requests_never_break_the_shared_stream(tmp_path: Path, cancel_after: float) -> None:
+    """Callers that give up (client disconnects, hedges, grace periods) while their 420 KB put is
+    being sent must not take the node's stream, and every other request on it, down with them."""
+    engine = FragmentEngine([str(tmp_path / "volume")], min_free_bytes=0)
+    executor = ThreadPoolExecutor(2)
+    fragment = bytes(range(256)) * 1639  # ~420 KB, the size of a 4 MiB chunk's fragment
+
+    async def body(address: str) -> None:
+        client = StorageNodeClient(address, timeout=10)
+        try:
+            for trial in range(10):
+                victims = [asyncio.create_task(client.put_fragment(chunk_hash_for(1000 + trial), i, trial,
+                                                                   fragment, 4 << 20, 1)) for i in range(3)]
+                others = [asyncio.create_task(client.put_fragment(chunk_hash_for(trial), i, trial,
+                                                                  fragment, 4 << 20, 1)) for i in range(3)]
+                await asyncio.sleep(cancel_after)
+                for task in victims:
+                    task.cancel()
+                await asyncio.gather(*others)  # raises if the stream broke under them
+                await asyncio.gather(*victims, return_exceptions=True)
+                for i in range(3):
+                    assert await client.get_fragment(chunk_hash_for(trial), i, trial) == fragment
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(with_server(StorageNodeServicer("node-x", engine, executor), body))
+    finally:
+        executor.shutdown()
+        engine.close()
