@@ -291,8 +291,12 @@ class _Supervisor:
             time.sleep(0.1)
 
     def stop_all(self) -> None:
-        """Stop every started process (frontend first, etcd last) and reap them."""
-        stop_recorded(self.records)
+        """Stop every started process (frontend first, etcd last) and reap them, including those
+        restarted by `coffer dev start` meanwhile (recorded only in ``processes.json``)."""
+        everything = {(record.pid, record.start_time): record for record in self.records}
+        for record in load_records(self.data_dir):
+            everything.setdefault((record.pid, record.start_time), record)
+        stop_recorded(list(everything.values()))
         for handle in self.handles.values():
             with suppress(subprocess.TimeoutExpired):
                 handle.wait(timeout=1)
@@ -468,7 +472,8 @@ def _supervise(supervisor: _Supervisor) -> int:
     """Foreground mode: report children that exit, stop everything on Ctrl-C / SIGTERM."""
     reported: set[str] = set()
     while not supervisor.stop_requested:
-        if len(reported) == len(supervisor.records):
+        if len(reported) == len(supervisor.records) and not any(
+                record.is_running() for record in load_records(supervisor.data_dir)):
             _say("Every process has exited (`coffer dev down`?); the supervisor exits too.")
             return 0
         for record in supervisor.records:

@@ -51,7 +51,7 @@ class Frontend:
         await self.runner.cleanup()
         await self.watcher.stop()
         await self.nodes.close()
-        self.coder.close()
+        await asyncio.to_thread(self.coder.close)  # waits for the worker processes to exit
 
 
 def build_app(services: S3Services, view: ClusterView) -> web.Application:

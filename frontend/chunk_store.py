@@ -378,7 +378,9 @@ class _StripeRead:
             return None  # straight to the other fragments: no timeout spent on a node known down
         self._fetch(indexes)
         wanted = [self.tasks[i] for i in indexes]
-        done, pending = await asyncio.wait(wanted, timeout=self.store.hedge_after)
+        # A fragment that fails fast sends us to the other fragments at once, not after the hedge.
+        done, pending = await asyncio.wait(wanted, timeout=self.store.hedge_after,
+                                           return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
             self._collect(task)
         if pending or any(i in self.failed for i in indexes):

@@ -115,6 +115,11 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
         if config.etcd:
             registrar = await _register(config, engine, address, f"{_host_of(config.listen)}:{metrics_port}")
         await _report_usage_until(stop, engine, registrar)
+        if registrar is not None:
+            # Leave the cluster map first (lease revoked -> DOWN), so frontends route around this
+            # node while it drains instead of sending it requests it will refuse.
+            await registrar.stop()
+            registrar = None
         logger.info("stopping: draining calls in progress")
         servicer.begin_drain()
         await server.stop(config.drain_seconds)

@@ -194,16 +194,23 @@ class StorageNodeServicer(storage_pb2_grpc.StorageNodeServicer):
         request_iterator: AsyncIterator[storage_pb2.FragmentRequest],
         context: grpc.aio.ServicerContext[storage_pb2.FragmentRequest, storage_pb2.FragmentResponse],
     ) -> None:
-        """Serve put/get/delete requests concurrently; responses go out as they complete."""
+        """Serve put/get/delete requests concurrently; responses go out as they complete.
+
+        At most ``max_in_flight`` requests are handled or waiting to be written back at once: a
+        slot is freed only when its response has been written, so a client that stops reading
+        cannot make the node buffer ~420 KB answers without bound.
+        """
         responses: asyncio.Queue[storage_pb2.FragmentResponse | None] = asyncio.Queue()
         in_flight = asyncio.Semaphore(self._max_in_flight)
         handlers: set[asyncio.Task[None]] = set()
 
         async def handle(request: storage_pb2.FragmentRequest) -> None:
             try:
-                responses.put_nowait(await self._handle(request))
-            finally:
+                response = await self._handle(request)
+            except BaseException:
                 in_flight.release()
+                raise
+            responses.put_nowait(response)  # its slot is released once it is written
 
         async def read_requests() -> None:
             async for request in request_iterator:
@@ -230,7 +237,10 @@ class StorageNodeServicer(storage_pb2_grpc.StorageNodeServicer):
         supervisor = asyncio.create_task(supervise())
         try:
             while (response := await responses.get()) is not None:
-                await context.write(response)
+                try:
+                    await context.write(response)
+                finally:
+                    in_flight.release()
         finally:
             STREAMS_OPEN.dec()
             supervisor.cancel()

@@ -138,9 +138,14 @@ def test_foreground_up_stops_everything_on_sigterm(dev: DevCluster) -> None:
         assert supervisor.poll() is None, log.read_text()
         records = load_records(dev.data_dir)
         assert len(records) == 17 and all(record.is_running() for record in records)
+        # A node restarted by hand while the supervisor runs must be stopped by it too.
+        dev.kill("node-03")
+        dev.start_process("node-03")
+        restarted = next(record for record in load_records(dev.data_dir) if record.name == "node-03")
+        assert restarted.is_running()
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=120) == 0, log.read_text()
-        for record in records:
+        for record in [*records, restarted]:
             assert not record.is_running(), record.name
             assert processes.session_members(record.identity) == [], record.name
     finally:
