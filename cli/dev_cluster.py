@@ -393,7 +393,7 @@ def up(options: UpOptions) -> int:
         try:
             info = _start_cluster(supervisor, settings)
             ready = True
-        except (_StartupFailed, DevClusterError) as error:
+        except (_StartupFailed, DevClusterError, OSError) as error:
             _say(f"coffer dev up failed: {error}", sys.stderr)
             _say("Stopping the processes started so far ...", sys.stderr)
             supervisor.stop_all()

@@ -123,7 +123,8 @@ def spawn(command: Sequence[str], log_path: Path, environment: Mapping[str, str]
     children stop) and lets the child outlive a detached ``coffer dev up``.
 
     Raises:
-        OSError: if the executable cannot be started.
+        OSError: if the executable cannot be started, or the started process cannot be identified
+            in /proc (it is killed then: an unidentifiable process could never be stopped later).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
@@ -140,6 +141,11 @@ def spawn(command: Sequence[str], log_path: Path, environment: Mapping[str, str]
         if start_time is not None and command_matches(read_command(process.pid), tuple(command)):
             break
         time.sleep(0.005)
+    if start_time is None and process.poll() is None:
+        # A process we could never recognise again could never be stopped by `dev down`: stop it now.
+        process.kill()
+        process.wait()
+        raise OSError(f"could not identify the started process {command[0]!r} in /proc within 5 s")
     return ProcessIdentity(pid=process.pid, start_time=start_time or -1, command=tuple(command)), process
 
 

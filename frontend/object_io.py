@@ -166,10 +166,13 @@ class _ChunkWriter:
             tasks.append(self.previous_stream_update)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        buffers, self.buffers = self.buffers, set()
-        for buffer in buffers:
-            buffer.release()
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            # Even when this wait is itself cancelled, the shared-memory slots go back to the pool.
+            buffers, self.buffers = self.buffers, set()
+            for buffer in buffers:
+                buffer.release()
 
 
 async def write_stream(
