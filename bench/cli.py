@@ -137,8 +137,22 @@ def read_process_groups(data_dir: str) -> dict[str, list[int]]:
     for record in document:
         if not isinstance(record, dict) or not isinstance(record.get("pid"), int):
             raise UsageError(f"{path}: record without an integer pid: {record!r}")
+        start_time = record.get("start_time")
+        if isinstance(start_time, int) and start_time >= 0 and not _same_process(record["pid"], start_time):
+            continue  # that process is gone (its pid may now belong to another): measure nothing of it
         groups.setdefault(str(record.get("role", "server")), []).append(record["pid"])
     return groups
+
+
+def _same_process(pid: int, start_time: int) -> bool:
+    """True when ``pid`` is still the process that started at ``start_time`` (clock ticks after
+    boot, field 22 of /proc/PID/stat), so a recycled pid is never measured."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return len(fields) > 19 and fields[19] == str(start_time)
 
 
 def resolve_target(args: argparse.Namespace) -> Target:

@@ -107,3 +107,12 @@ def test_compare_reads_two_saved_results(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "A = coffer" in out and "B = swift" in out
     assert main(["--compare", str(first), os.devnull]) == 2
+
+
+def test_processes_json_skips_pids_that_are_no_longer_the_recorded_process(tmp_path) -> None:
+    own_start = int(open(f"/proc/{os.getpid()}/stat").read().rsplit(")", 1)[1].split()[19])
+    (tmp_path / "processes.json").write_text(json.dumps([
+        {"role": "frontend", "pid": os.getpid(), "start_time": own_start},
+        {"role": "storagenode", "pid": os.getpid(), "start_time": own_start + 1},  # a recycled pid
+    ]))
+    assert read_process_groups(str(tmp_path)) == {"frontend": [os.getpid()]}
