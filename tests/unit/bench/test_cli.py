@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -110,7 +111,7 @@ def test_compare_reads_two_saved_results(tmp_path, capsys) -> None:
 
 
 def test_processes_json_skips_pids_that_are_no_longer_the_recorded_process(tmp_path) -> None:
-    own_start = int(open(f"/proc/{os.getpid()}/stat").read().rsplit(")", 1)[1].split()[19])
+    own_start = int(Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
     (tmp_path / "processes.json").write_text(json.dumps([
         {"role": "frontend", "pid": os.getpid(), "start_time": own_start},
         {"role": "storagenode", "pid": os.getpid(), "start_time": own_start + 1},  # a recycled pid
