@@ -258,6 +258,10 @@ class _StreamSession:
         reason = "stream ended by the node"
         try:
             async for response in self.call:
+                if response is None:
+                    # grpc.aio hands over None when the deserializer raised: the stream is unusable.
+                    reason = "the node sent a malformed response"
+                    break
                 future = self.pending.pop(response.request_id, None)
                 if future is not None and not future.done():
                     future.set_result(response)
@@ -270,7 +274,8 @@ class _StreamSession:
             reason = f"stream failed: {exc!r}"
         finally:
             self.fail_pending(NodeUnavailable(f"{self.address}: {reason}"))
-            self.sender.cancel()  # nothing more can be answered on this call
+            self.call.cancel()  # nothing more can be answered on this call: close it at once
+            self.sender.cancel()
 
     def fail_pending(self, error: StorageError) -> None:
         pending, self.pending = self.pending, {}
