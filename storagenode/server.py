@@ -24,10 +24,10 @@ import uvloop
 from common.logs import setup_logging
 from common.malloc import tune_malloc
 from common.metrics import serve_metrics
-from proto import cluster_pb2, storage_pb2_grpc
+from proto import cluster_pb2
 from storagenode.engine import FragmentEngine
 from storagenode.errors import StorageError
-from storagenode.servicer import StorageNodeServicer
+from storagenode.servicer import StorageNodeServicer, add_to_server
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
     executor = ThreadPoolExecutor(config.engine_threads, thread_name_prefix="engine")
     servicer = StorageNodeServicer(config.node_id, engine, executor)
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    storage_pb2_grpc.add_StorageNodeServicer_to_server(servicer, server)
+    add_to_server(servicer, server)
     registrar: _Registrar | None = None
     try:
         port = server.add_insecure_port(config.listen)
