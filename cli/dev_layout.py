@@ -20,10 +20,11 @@ import shutil
 import socket
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from common.ports import free_ports
 
 SETTINGS_FORMAT_VERSION = 1
 REGION = "us-east-1"
@@ -159,14 +160,8 @@ def save_settings(data_dir: Path, settings: Settings) -> None:
 
 
 def _free_ports(count: int) -> Iterator[int]:
-    """``count`` distinct ports the kernel says are free on 127.0.0.1 (all held until chosen)."""
-    with ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((LOOPBACK, 0))
-            ports.append(int(sock.getsockname()[1]))
-    yield from ports
+    """``count`` distinct free ports on 127.0.0.1, outside the kernel's ephemeral range."""
+    yield from free_ports(count, LOOPBACK)
 
 
 def port_in_use(port: int) -> bool:
