@@ -29,6 +29,7 @@ import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from proto import storage_pb2, storage_pb2_grpc
+from storagenode import wire
 from storagenode.engine import FragmentEngine, FragmentWrite
 from storagenode.errors import FragmentCorrupt, FragmentNotFound, InvalidFragment, StorageError, StorageFull
 from storagenode.records import StoredFragment
@@ -151,43 +152,10 @@ class StreamRequest:
         self.problem: str | None = None
 
 
-def _read_varint(buffer: memoryview, position: int) -> tuple[int, int]:
-    """Decode the base-128 varint at ``position``; return ``(value, next position)``.
-
-    Raises IndexError past the end, ValueError for a varint longer than 10 bytes."""
-    byte = buffer[position]
-    if byte < 0x80:  # the common case: one byte
-        return byte, position + 1
-    value = byte & 0x7F
-    shift = 7
-    position += 1
-    while True:
-        byte = buffer[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, position
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint longer than 10 bytes")
-
-
-def _skip_fixed(wire_type: int, position: int) -> int:
-    if wire_type == 1:
-        return position + 8
-    if wire_type == 5:
-        return position + 4
-    raise ValueError(f"unsupported wire type {wire_type}")
-
-
 def _parse_operation(request: StreamRequest, buffer: memoryview) -> None:
     """Fill ``request``'s fragment fields from a Put/Get/DeleteFragmentRequest message."""
-    position, end = 0, len(buffer)
-    while position < end:
-        key, position = _read_varint(buffer, position)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            value, position = _read_varint(buffer, position)
+    for number, wire_type, value in wire.fields(buffer):
+        if wire_type == wire.WIRE_VARINT and isinstance(value, int):
             if number == 2:
                 request.fragment_index = value & _MASK_U32
             elif number == 3:
@@ -198,19 +166,11 @@ def _parse_operation(request: StreamRequest, buffer: memoryview) -> None:
                 request.chunk_size = value & _MASK_U64
             elif number == 7:
                 request.epoch = value & _MASK_U64
-        elif wire_type == 2:
-            length, position = _read_varint(buffer, position)
-            if position + length > end:
-                raise ValueError("length-delimited field runs past the message")
+        elif isinstance(value, memoryview):
             if number == 1:
-                request.chunk_hash = bytes(buffer[position : position + length])
+                request.chunk_hash = bytes(value)
             elif number == 4:
-                request.data = buffer[position : position + length]
-            position += length
-        else:
-            position = _skip_fixed(wire_type, position)
-    if position != end:
-        raise ValueError("field runs past the message")
+                request.data = value
 
 
 def parse_stream_request(serialized: bytes) -> StreamRequest:
@@ -219,48 +179,21 @@ def parse_stream_request(serialized: bytes) -> StreamRequest:
     members the last wins. Never raises: a malformed message yields a request whose ``problem``
     says why (its ``request_id`` is kept when it was read before the damage)."""
     request = StreamRequest()
-    buffer = memoryview(serialized).toreadonly()
     try:
-        position, end = 0, len(buffer)
-        while position < end:
-            key, position = _read_varint(buffer, position)
-            number, wire_type = key >> 3, key & 7
-            if wire_type == 0:
-                value, position = _read_varint(buffer, position)
-                if number == 1:
-                    request.request_id = value & _MASK_U64
-            elif wire_type == 2:
-                length, position = _read_varint(buffer, position)
-                if position + length > end:
-                    raise ValueError("length-delimited field runs past the message")
+        for number, wire_type, value in wire.fields(memoryview(serialized).toreadonly()):
+            if number == 1 and wire_type == wire.WIRE_VARINT and isinstance(value, int):
+                request.request_id = value & _MASK_U64
+            elif isinstance(value, memoryview):
                 operation = _OPERATIONS.get(number)
                 if operation is not None:
                     request.operation = operation
-                    _parse_operation(request, buffer[position : position + length])
-                position += length
-            else:
-                position = _skip_fixed(wire_type, position)
-        if position != end:
-            raise ValueError("field runs past the message")
+                    _parse_operation(request, value)
     except (ValueError, IndexError) as exc:
         request.operation = "none"
         request.problem = f"malformed FragmentRequest: {exc}"
     return request
 
 
-def _varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative ``value``."""
-    if value < 0x80:
-        return _SMALL_VARINTS[value]
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-_SMALL_VARINTS = [bytes([value]) for value in range(0x80)]
 _REQUEST_ID_KEY = b"\x08"  # FragmentResponse.request_id = 1, varint
 _STATUS_KEY = b"\x10"  # status = 2, varint
 _MESSAGE_KEY = b"\x1a"  # message = 3, length-delimited
@@ -275,12 +208,12 @@ _CHUNK_SIZE_KEY = b"\x18"  # chunk_size = 3, varint
 
 def serialize_put_response(request_id: int) -> bytes:
     """Serialized ``FragmentResponse(request_id, put={})``."""
-    return b"".join((_REQUEST_ID_KEY, _varint(request_id), _PUT_RESULT))
+    return b"".join((_REQUEST_ID_KEY, wire.encode_varint(request_id), _PUT_RESULT))
 
 
 def serialize_delete_response(request_id: int, existed: bool) -> bytes:
     """Serialized ``FragmentResponse(request_id, delete={existed})``."""
-    return b"".join((_REQUEST_ID_KEY, _varint(request_id), _DELETE_EXISTED if existed else _DELETE_ABSENT))
+    return b"".join((_REQUEST_ID_KEY, wire.encode_varint(request_id), _DELETE_EXISTED if existed else _DELETE_ABSENT))
 
 
 def serialize_get_response(request_id: int, stored: StoredFragment) -> bytes:
@@ -288,23 +221,19 @@ def serialize_get_response(request_id: int, stored: StoredFragment) -> bytes:
     data is copied once, into the returned bytes (protobuf copies it into the message and again
     into the serialization)."""
     data = stored.data
-    tail = b"".join((_CHECKSUM_KEY, _varint(stored.checksum & _MASK_U32),
-                     _CHUNK_SIZE_KEY, _varint(stored.chunk_size & _MASK_U64)))
-    data_length = _varint(len(data))
+    tail = b"".join((_CHECKSUM_KEY, wire.encode_varint(stored.checksum & _MASK_U32),
+                     _CHUNK_SIZE_KEY, wire.encode_varint(stored.chunk_size & _MASK_U64)))
+    data_length = wire.encode_varint(len(data))
     inner_length = len(_DATA_KEY) + len(data_length) + len(data) + len(tail)
-    return b"".join((_REQUEST_ID_KEY, _varint(request_id), _GET_KEY, _varint(inner_length),
+    return b"".join((_REQUEST_ID_KEY, wire.encode_varint(request_id), _GET_KEY, wire.encode_varint(inner_length),
                      _DATA_KEY, data_length, data, tail))
 
 
 def serialize_error_response(request_id: int, status: int, message: str) -> bytes:
     """Serialized ``FragmentResponse(request_id, status, message)`` (no result)."""
     encoded = message.encode("utf-8")
-    return b"".join((_REQUEST_ID_KEY, _varint(request_id), _STATUS_KEY, _varint(status),
-                     _MESSAGE_KEY, _varint(len(encoded)), encoded))
-
-
-def _identity(serialized: bytes) -> bytes:
-    return serialized
+    return b"".join((_REQUEST_ID_KEY, wire.encode_varint(request_id), _STATUS_KEY, wire.encode_varint(status),
+                     _MESSAGE_KEY, wire.encode_varint(len(encoded)), encoded))
 
 
 class GroupCommitter:
@@ -717,7 +646,7 @@ def add_to_server(servicer: StorageNodeServicer, server: grpc.aio.Server) -> Non
     """
     handlers = {
         "Stream": grpc.stream_stream_rpc_method_handler(
-            servicer.stream_serialized, request_deserializer=parse_stream_request, response_serializer=_identity,
+            servicer.stream_serialized, request_deserializer=parse_stream_request, response_serializer=wire.identity,
         ),
         "PutFragment": grpc.unary_unary_rpc_method_handler(
             servicer.PutFragment,
