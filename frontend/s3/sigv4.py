@@ -471,16 +471,15 @@ def _verify_header(method: str, raw_path: str, pairs: list[tuple[str, str]], hea
     signed = _Signed(method, canonical_query_string(pairs), canonical_headers(headers, signed_headers),
                      signed_headers, payload_hash, amz_date, credential.scope)
     _verify_against_paths(raw_path, signed, key, provided, credential.access_key_id)
-    return AuthContext(
-        access_key_id=credential.access_key_id,
-        signature=provided.lower(),
-        signing_key=key,
-        scope=credential.scope,
-        amz_date=amz_date,
-        payload_hash=payload_hash,
-        presigned=False,
-        signed_headers=signed_headers,
-    )
+    return _context(credential, provided, key, amz_date, payload_hash, signed_headers, presigned=False)
+
+
+def _context(credential: _Credential, provided: str, key: bytes, amz_date: str, payload_hash: str,
+             signed_headers: tuple[str, ...], *, presigned: bool) -> AuthContext:
+    """The AuthContext of a request whose signature has been verified."""
+    return AuthContext(access_key_id=credential.access_key_id, signature=provided.lower(), signing_key=key,
+                       scope=credential.scope, amz_date=amz_date, payload_hash=payload_hash,
+                       presigned=presigned, signed_headers=signed_headers)
 
 
 def _refuse_unsigned_amz_headers(headers: HeadersLike, signed_headers: Iterable[str],
@@ -560,13 +559,4 @@ def _verify_presigned(method: str, raw_path: str, pairs: list[tuple[str, str]], 
                      canonical_headers(headers, signed_headers), signed_headers, payload_hash,
                      amz_date, credential.scope)
     _verify_against_paths(raw_path, signed, key, provided, credential.access_key_id)
-    return AuthContext(
-        access_key_id=credential.access_key_id,
-        signature=provided.lower(),
-        signing_key=key,
-        scope=credential.scope,
-        amz_date=amz_date,
-        payload_hash=payload_hash,
-        presigned=True,
-        signed_headers=signed_headers,
-    )
+    return _context(credential, provided, key, amz_date, payload_hash, signed_headers, presigned=True)
