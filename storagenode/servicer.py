@@ -642,7 +642,9 @@ def add_to_server(servicer: StorageNodeServicer, server: grpc.aio.Server) -> Non
 
     Like the generated ``add_StorageNodeServicer_to_server``, except that ``Stream`` uses the
     hand-coded codec (``parse_stream_request`` in, serialized bytes out); the unary methods use the
-    generated protobuf messages.
+    generated protobuf messages. The table repeats the generated one because overriding only
+    ``Stream`` is not possible: the generated code registers its methods with
+    ``add_registered_method_handlers``, which take precedence over any generic handler.
     """
     handlers = {
         "Stream": grpc.stream_stream_rpc_method_handler(
