@@ -19,9 +19,9 @@ import asyncio
 import hashlib
 import itertools
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import Counter
 
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from storagenode.client import StorageNodePool
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CHUNK_BYTES_WRITTEN = Counter(
     "coffer_frontend_chunk_bytes_written_total", "Chunk bytes written as stripes (before erasure coding)."
@@ -74,6 +76,18 @@ CHUNK_HASH_MISMATCHES = Counter(
 
 #: Decodes tried with different fragment combinations before a chunk is declared corrupt.
 MAX_DECODE_ATTEMPTS = 16
+
+
+@dataclass(frozen=True)
+class ChunkToWrite:
+    """One chunk for ``ChunkStore.write_chunks``: ``chunk_hash`` (32 raw bytes, SHA-256 of the
+    chunk), ``size`` bytes, and the bytes either in ``buffer.view[:size]`` (an erasure-coder
+    buffer, encoded in place) or, when ``buffer`` is None, in ``data``."""
+
+    chunk_hash: bytes
+    size: int
+    data: bytes | bytearray | memoryview = b""
+    buffer: ChunkBuffer | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +164,35 @@ class ChunkStore:
             raise ValueError(f"chunk hash must be {CHUNK_HASH_BYTES} bytes, got {len(chunk_hash)}")
         fragments = await self._coder.encode_buffer(buffer, chunk_size)
         return await self._write_stripe(chunk_hash, chunk_size, fragments)
+
+    async def write_chunks(self, chunks: Sequence[ChunkToWrite]) -> list[int]:
+        """Store several chunks together: all are encoded, then every fragment of every stripe is
+        sent at once, so each node receives its fragments of all the stripes as one batch (one
+        message, one group commit) instead of one per stripe. Each stripe must reach the quorum
+        on its own, as in ``write_chunk``. Returns the durable fragment count per chunk, in order.
+        Every chunk is encoded and every stripe write settles before this returns or raises. Each
+        chunk's buffer, when it has one, stays owned by the caller (release it afterwards).
+
+        Raises:
+            InsufficientFragments: a stripe missed the quorum (the first such error, after all
+                stripes settled; retryable).
+            ValueError: malformed hash or empty/oversized chunk.
+        """
+        for chunk in chunks:
+            if len(chunk.chunk_hash) != CHUNK_HASH_BYTES:
+                raise ValueError(f"chunk hash must be {CHUNK_HASH_BYTES} bytes, got {len(chunk.chunk_hash)}")
+        encoded = await _settle([self._encode(chunk) for chunk in chunks])
+        # All stripe writes start in this loop step, so their puts to one node queue together.
+        written = await _settle([
+            self._write_stripe(chunk.chunk_hash, chunk.size, fragments)
+            for chunk, fragments in zip(chunks, encoded, strict=True)
+        ])
+        return list(written)
+
+    async def _encode(self, chunk: ChunkToWrite) -> Sequence[bytes | memoryview]:
+        if chunk.buffer is not None:
+            return await self._coder.encode_buffer(chunk.buffer, chunk.size)
+        return await self._coder.encode(chunk.data)
 
     async def _write_stripe(
         self, chunk_hash: bytes, chunk_size: int, fragments: Sequence[bytes | memoryview]
@@ -507,6 +550,25 @@ async def _hash_matches(pieces: list[bytes] | list[memoryview], chunk_hash: byte
     """Whether the concatenated ``pieces`` hash to ``chunk_hash`` (SHA-256, in a thread: hashlib
     releases the GIL, the event loop stays free)."""
     return await asyncio.to_thread(_sha256, pieces) == chunk_hash
+
+
+async def _settle(coroutines: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run ``coroutines`` concurrently until every one has finished; return their results in order
+    or raise the first error (in order) once all are done, so no work outlives the caller. If the
+    caller is cancelled, the ones still running are cancelled and awaited first."""
+    tasks = [asyncio.create_task(coroutine) for coroutine in coroutines]
+    if not tasks:
+        return []
+    try:
+        await asyncio.wait(tasks)
+    except BaseException:
+        await _cancel_all(set(tasks))
+        raise
+    for task in tasks:
+        error = task.exception()
+        if error is not None:
+            raise error
+    return [task.result() for task in tasks]
 
 
 async def _cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:

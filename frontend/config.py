@@ -22,7 +22,8 @@ class FrontendConfig:
     ``listen_host``/``listen_port``: the S3 endpoint. ``etcd_endpoint``: ``host:port``.
     ``metadata_path``: the SQLite file. ``metrics_port``: Prometheus (0 picks a free port,
     -1 disables). ``virtual_host_suffixes``: host names under which ``bucket.<suffix>`` addresses a
-    bucket (virtual-hosted-style). ``parallel_chunks``: stripes written concurrently per request.
+    bucket (virtual-hosted-style). ``parallel_chunks``: chunks of one request in progress at once
+    (new stripes are sent in batches of half as many).
     ``erasure_workers``: processes that run the erasure coder. ``upload_memory_bytes``: memory all
     uploads in progress may hold together (beyond it, uploads wait their turn).
     """
@@ -35,7 +36,7 @@ class FrontendConfig:
     region: str = "us-east-1"
     virtual_host_suffixes: tuple[str, ...] = field(default=("localhost",))
     write_quorum: int = WRITE_QUORUM
-    parallel_chunks: int = 3
+    parallel_chunks: int = 8
     erasure_workers: int = 2
     map_timeout_seconds: float = 60.0
     upload_memory_bytes: int = 1024**3
@@ -56,7 +57,8 @@ def parse_args(argv: list[str] | None) -> FrontendConfig:
     parser.add_argument("--virtual-host-suffix", action="append", default=None,
                         help="host suffix for virtual-hosted-style requests (repeatable; default localhost)")
     parser.add_argument("--write-quorum", type=int, default=WRITE_QUORUM)
-    parser.add_argument("--parallel-chunks", type=int, default=3)
+    parser.add_argument("--parallel-chunks", type=int, default=8,
+                        help="chunks of one upload in progress at once; new stripes go in batches of half as many")
     parser.add_argument("--erasure-workers", type=int, default=2)
     parser.add_argument("--upload-memory", type=int, default=1024**3,
                         help="bytes all uploads in progress may hold together (default 1 GiB)")

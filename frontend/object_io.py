@@ -3,8 +3,10 @@
 Write (design brief, "Write path" 1-5): the body is cut into fixed ``chunk_size`` chunks at stream
 offsets (the last one shorter). Per chunk, SHA-256 is computed in a thread; the stream's MD5 and
 the caller's checksum observers are fed every chunk in stream order, also in a thread. Chunks the
-metadata store already holds are not written again (dedup); new ones are written as stripes, up to
-``parallel_chunks`` at once, so memory stays bounded by about ``(parallel_chunks + 1) * chunk_size``.
+metadata store already holds are not written again (dedup); new ones are written as stripes, in
+batches of up to ``parallel_chunks // 2`` stripes sent together (each node then takes its fragments
+of the batch in one message and one group commit). At most ``parallel_chunks`` chunks are in
+progress, so memory stays bounded by about ``(parallel_chunks + 1) * chunk_size``.
 Nothing is recorded in metadata here: the caller commits metadata after this returns ("blocks
 first, then metadata").
 
@@ -23,13 +25,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from common.layout import CHUNK_SIZE
-from frontend.chunk_store import ChunkStore
+from frontend.chunk_store import ChunkStore, ChunkToWrite
 from frontend.datapath_errors import EntityTooLarge
 from frontend.erasure import ChunkBuffer
 from metadata.records import ChunkRef
 
 #: Chunks fetched ahead of the one being sent by ``read_stream`` (the one being sent included).
-READ_AHEAD_CHUNKS = 2
+#: The window is refilled once half of it is consumed, with its fetches started together, so
+#: each node gets the fragments of several chunks as one batch.
+READ_AHEAD_CHUNKS = 4
 
 
 class Hasher(Protocol):
@@ -76,7 +80,14 @@ def _feed(hashers: Sequence[Hasher], data: memoryview) -> None:
 
 
 class _ChunkWriter:
-    """Hashes, dedups and writes the chunks of one stream; tracks the tasks doing it."""
+    """Hashes, dedups and writes the chunks of one stream; tracks the tasks doing it.
+
+    New chunks gather in a batch that is written (``ChunkStore.write_chunks``) once it holds
+    ``stripes_per_batch`` chunks, or once no chunk that could still join it is on its way: none is
+    being hashed or checked for dedup, and the stream ended or waits for room that no batch being
+    written will free. (Flushing whenever the stream waits for room would send most batches
+    with one stripe: the stripes of a batch finish one by one, each making room for one chunk.)
+    """
 
     def __init__(
         self, store: ChunkStore, metadata: ChunkIndex, hashers: Sequence[Hasher], parallel_chunks: int
@@ -85,6 +96,13 @@ class _ChunkWriter:
         self.metadata = metadata
         self.hashers = hashers
         self.parallel_chunks = parallel_chunks
+        self.stripes_per_batch = max(1, parallel_chunks // 2)
+        self.batch: list[tuple[ChunkToWrite, asyncio.Future[None]]] = []
+        self.batch_writes: set[asyncio.Task[None]] = set()
+        # Chunks submitted whose dedup decision is not made yet (they may still join the batch).
+        self.undecided = 0
+        self.waiting_for_room = False
+        self.ended = False
         self.in_flight: set[asyncio.Task[None]] = set()
         self.results: list[asyncio.Task[ChunkRef]] = []
         # Stream hashers must see chunks in order: each chunk's update waits for the previous one.
@@ -103,9 +121,15 @@ class _ChunkWriter:
         if buffer is not None:
             self.buffers.add(buffer)
         while len(self.in_flight) >= self.parallel_chunks:
-            done, self.in_flight = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
+            self.waiting_for_room = True
+            self._write_batch_if_due()
+            try:
+                done, self.in_flight = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self.waiting_for_room = False
             for task in done:
                 task.result()  # re-raise the first failure
+        self.undecided += 1
         previous = self.previous_stream_update
         stream_update = asyncio.ensure_future(self._update_stream_hashers(previous, chunk))
         self.previous_stream_update = stream_update
@@ -129,29 +153,79 @@ class _ChunkWriter:
         await asyncio.to_thread(_feed, self.hashers, chunk)
 
     async def _store_chunk(self, chunk: memoryview, offset: int, buffer: ChunkBuffer | None) -> ChunkRef:
-        digest = await asyncio.to_thread(lambda: hashlib.sha256(chunk).digest())
+        try:
+            digest = await asyncio.to_thread(lambda: hashlib.sha256(chunk).digest())
+        except BaseException:
+            self._decided()
+            raise
         hex_hash = digest.hex()
         write = self.writes.get(hex_hash)
         if write is None:
             write = asyncio.create_task(self._write_if_absent(digest, hex_hash, chunk, buffer))
             self.writes[hex_hash] = write
+        else:
+            self._decided()
         await asyncio.shield(write)  # another chunk of this body may wait on the same write
         return ChunkRef(hash=hex_hash, size=len(chunk), offset=offset)
 
     async def _write_if_absent(
         self, digest: bytes, hex_hash: str, chunk: memoryview, buffer: ChunkBuffer | None
     ) -> bool:
-        present = await asyncio.to_thread(self.metadata.chunks_present, [hex_hash])
+        try:
+            present = await asyncio.to_thread(self.metadata.chunks_present, [hex_hash])
+        except BaseException:
+            self._decided()
+            raise
         if hex_hash in present:
+            self._decided()
             return False
-        if buffer is not None:
-            await self.store.write_chunk_buffer(digest, buffer, len(chunk))
-        else:
-            await self.store.write_chunk(digest, chunk)
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.batch.append((ChunkToWrite(chunk_hash=digest, size=len(chunk), data=chunk, buffer=buffer), written))
+        self._decided()
+        await written
         return True
+
+    def _decided(self) -> None:
+        """One chunk's dedup decision is made (or failed): the batch may now be due."""
+        self.undecided -= 1
+        self._write_batch_if_due()
+
+    def _write_batch_if_due(self) -> None:
+        if not self.batch:
+            return
+        stuck = self.waiting_for_room and not self.batch_writes
+        if len(self.batch) < self.stripes_per_batch and (self.undecided > 0 or not (self.ended or stuck)):
+            return  # more chunks may still join
+        batch, self.batch = self.batch, []
+        self.batch_writes.add(asyncio.create_task(self._write_batch(batch)))
+
+    async def _write_batch(self, batch: list[tuple[ChunkToWrite, asyncio.Future[None]]]) -> None:
+        try:
+            await self.store.write_chunks([chunk for chunk, _written in batch])
+        except BaseException as exc:
+            for _chunk, written in batch:
+                if written.done():
+                    continue
+                if isinstance(exc, asyncio.CancelledError):
+                    written.cancel()
+                else:
+                    written.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        finally:
+            current = asyncio.current_task()
+            if current is not None:
+                self.batch_writes.discard(current)  # this batch frees no more room
+            self._write_batch_if_due()
+        for _chunk, written in batch:
+            if not written.done():
+                written.set_result(None)
 
     async def finish(self) -> tuple[tuple[ChunkRef, ...], int]:
         """Wait for every chunk; return the chunk list and how many distinct chunks were written."""
+        self.ended = True
+        self._write_batch_if_due()
         while self.in_flight:
             done, self.in_flight = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -161,7 +235,11 @@ class _ChunkWriter:
 
     async def cancel(self) -> None:
         """Cancel everything still running and wait for it to stop."""
-        tasks: list[asyncio.Future[Any]] = [*self.in_flight, *self.results, *self.writes.values()]
+        tasks: list[asyncio.Future[Any]] = [*self.in_flight, *self.results, *self.writes.values(),
+                                            *self.batch_writes]
+        for _chunk, written in self.batch:
+            written.cancel()
+        self.batch = []
         if self.previous_stream_update is not None:
             tasks.append(self.previous_stream_update)
         for task in tasks:
@@ -254,7 +332,7 @@ async def read_stream(
 
     One ``bytes`` piece per chunk the range touches (``read_stream_pieces`` joined per chunk: one
     copy); the next chunks are fetched while the current one is being consumed
-    (``READ_AHEAD_CHUNKS`` in flight). Closing the iterator early cancels the fetches.
+    (up to ``READ_AHEAD_CHUNKS`` in flight). Closing the iterator early cancels the fetches.
 
     Raises:
         ValueError: ``not 0 <= start <= end <= object size``.
@@ -280,7 +358,7 @@ async def read_stream_pieces(
 async def _chunk_pieces(
     store: ChunkStore, chunks: Sequence[ChunkRef], start: int, end: int
 ) -> AsyncGenerator[list[memoryview], None]:
-    """The non-empty pieces of each chunk the range touches, in order, ``READ_AHEAD_CHUNKS`` in flight."""
+    """The non-empty pieces of each chunk the range touches, in order, up to ``READ_AHEAD_CHUNKS`` in flight."""
     total = sum(chunk.size for chunk in chunks)
     if not 0 <= start <= end <= total:
         raise ValueError(f"range [{start}, {end}) is not within an object of {total} bytes")
@@ -293,7 +371,8 @@ async def _chunk_pieces(
     position = 0
     try:
         while position < len(wanted) or fetches:
-            while position < len(wanted) and len(fetches) < READ_AHEAD_CHUNKS:
+            refill = len(fetches) <= READ_AHEAD_CHUNKS // 2
+            while refill and position < len(wanted) and len(fetches) < READ_AHEAD_CHUNKS:
                 chunk, chunk_start, chunk_end = wanted[position]
                 fetches.append(
                     asyncio.create_task(

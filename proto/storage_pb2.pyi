@@ -108,6 +108,18 @@ class FragmentResponse(_message.Message):
     delete: DeleteFragmentResponse
     def __init__(self, request_id: _Optional[int] = ..., status: _Optional[_Union[Status, str]] = ..., message: _Optional[str] = ..., put: _Optional[_Union[PutFragmentResponse, _Mapping]] = ..., get: _Optional[_Union[GetFragmentResponse, _Mapping]] = ..., delete: _Optional[_Union[DeleteFragmentResponse, _Mapping]] = ...) -> None: ...
 
+class FragmentRequestBatch(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[FragmentRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[FragmentRequest, _Mapping]]] = ...) -> None: ...
+
+class FragmentResponseBatch(_message.Message):
+    __slots__ = ("responses",)
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    responses: _containers.RepeatedCompositeFieldContainer[FragmentResponse]
+    def __init__(self, responses: _Optional[_Iterable[_Union[FragmentResponse, _Mapping]]] = ...) -> None: ...
+
 class ListFragmentsRequest(_message.Message):
     __slots__ = ("placement_group",)
     PLACEMENT_GROUP_FIELD_NUMBER: _ClassVar[int]

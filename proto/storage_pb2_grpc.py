@@ -36,8 +36,8 @@ class StorageNodeStub:
         """
         self.Stream = channel.stream_stream(
                 '/coffer.storage.v1.StorageNode/Stream',
-                request_serializer=proto_dot_storage__pb2.FragmentRequest.SerializeToString,
-                response_deserializer=proto_dot_storage__pb2.FragmentResponse.FromString,
+                request_serializer=proto_dot_storage__pb2.FragmentRequestBatch.SerializeToString,
+                response_deserializer=proto_dot_storage__pb2.FragmentResponseBatch.FromString,
                 _registered_method=True)
         self.PutFragment = channel.unary_unary(
                 '/coffer.storage.v1.StorageNode/PutFragment',
@@ -111,8 +111,8 @@ def add_StorageNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Stream': grpc.stream_stream_rpc_method_handler(
                     servicer.Stream,
-                    request_deserializer=proto_dot_storage__pb2.FragmentRequest.FromString,
-                    response_serializer=proto_dot_storage__pb2.FragmentResponse.SerializeToString,
+                    request_deserializer=proto_dot_storage__pb2.FragmentRequestBatch.FromString,
+                    response_serializer=proto_dot_storage__pb2.FragmentResponseBatch.SerializeToString,
             ),
             'PutFragment': grpc.unary_unary_rpc_method_handler(
                     servicer.PutFragment,
@@ -165,8 +165,8 @@ class StorageNode:
             request_iterator,
             target,
             '/coffer.storage.v1.StorageNode/Stream',
-            proto_dot_storage__pb2.FragmentRequest.SerializeToString,
-            proto_dot_storage__pb2.FragmentResponse.FromString,
+            proto_dot_storage__pb2.FragmentRequestBatch.SerializeToString,
+            proto_dot_storage__pb2.FragmentResponseBatch.FromString,
             options,
             channel_credentials,
             insecure,

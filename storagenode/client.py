@@ -2,8 +2,13 @@
 
 Data operations (put, get, delete) travel on ONE long-lived bidirectional ``Stream`` per node,
 multiplexed by ``request_id`` (perf-notes: a stream costs about half the CPU of a unary call per
-fragment). The stream is opened on first use and reopened after it breaks. Every failure reaches
-the caller as a ``storagenode.errors`` exception; no gRPC type escapes this module:
+fragment). Requests travel in batches: reads and writes are two lanes, each with at most one
+batch waiting for the node's answer; what queues up meanwhile goes out together as the next
+``FragmentRequestBatch`` (a request to an idle lane is sent at once). A batch costs both sides one
+message's fixed costs (~0.3 ms of CPU each, measured with 4 KB fragments) and the node one group
+commit, instead of one per fragment. The stream is opened on first use and reopened after it
+breaks. Every failure reaches the caller as a ``storagenode.errors`` exception; no gRPC type
+escapes this module:
 
 * node answered with an error status -> the matching domain error;
 * timeout, transport failure, broken stream -> ``NodeUnavailable`` (every request pending on a
@@ -16,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -53,30 +59,52 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 #: Full name of the bidirectional data stream (``proto/storage.proto``). The stream is opened with
-#: an identity request serializer: requests are serialized here, puts without a protobuf copy of
-#: their data (``_serialize_put``).
+#: an identity request serializer: request batches are serialized here, puts without a protobuf
+#: copy of their data (``_serialize_put``, ``_serialize_batch``).
 STREAM_METHOD = "/coffer.storage.v1.StorageNode/Stream"
 
+#: Most requests, and bytes of requests, one batch carries (the node takes up to 128 requests of a
+#: stream at once; 8 MiB keeps one message's buffering modest).
+MAX_BATCH_REQUESTS = 32
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+
 # Protobuf wire-format keys (field number << 3 | wire type 2 "length-delimited"), from
-# proto/storage.proto: FragmentRequest.put = 2, PutFragmentRequest.data = 4. Encoding per the
-# protobuf encoding guide (https://protobuf.dev/programming-guides/encoding/).
+# proto/storage.proto: FragmentRequestBatch.requests = 1, FragmentRequest.put = 2,
+# PutFragmentRequest.data = 4. Encoding per the protobuf encoding guide
+# (https://protobuf.dev/programming-guides/encoding/).
+_REQUEST_KEY = bytes([1 << 3 | 2])
 _PUT_KEY = bytes([2 << 3 | 2])
 _DATA_KEY = bytes([4 << 3 | 2])
 
+#: A serialized message as pieces to concatenate (so a fragment is copied once, into the batch).
+Pieces = Sequence[bytes | memoryview]
 
-def _serialize_put(request_id: int, put: storage_pb2.PutFragmentRequest, data: bytes | memoryview) -> bytes:
-    """A serialized ``FragmentRequest(request_id, put=put)`` whose ``put.data`` is ``data``.
+
+def _serialize_put(request_id: int, put: storage_pb2.PutFragmentRequest, data: bytes | memoryview) -> Pieces:
+    """A serialized ``FragmentRequest(request_id, put=put)`` whose ``put.data`` is ``data``, as
+    pieces to concatenate (``data`` itself is one of them, not copied).
 
     ``put`` carries every field but ``data``; ``data`` is appended as field 4 of the nested
     message (a parser accepts fields in any order), so the fragment is copied once, into the
-    returned bytes, instead of into a protobuf message and again into its serialization
-    (measured 74 -> 22 us per 420 KB fragment).
+    batch (``_serialize_batch``), instead of into a protobuf message and again into its
+    serialization (measured 74 -> 22 us per 420 KB fragment).
     """
     head = put.SerializeToString()
     data_length = wire.encode_varint(len(data))
     inner_length = len(head) + len(_DATA_KEY) + len(data_length) + len(data)
     prefix = storage_pb2.FragmentRequest(request_id=request_id).SerializeToString()
-    return b"".join((prefix, _PUT_KEY, wire.encode_varint(inner_length), head, _DATA_KEY, data_length, data))
+    return (b"".join((prefix, _PUT_KEY, wire.encode_varint(inner_length), head, _DATA_KEY, data_length)), data)
+
+
+def _serialize_batch(requests: Sequence[Pieces]) -> bytes:
+    """A serialized ``FragmentRequestBatch`` of ``requests`` (each a serialized
+    ``FragmentRequest`` as pieces); the only copy of any fragment data."""
+    pieces: list[bytes | memoryview] = []
+    for request in requests:
+        pieces.append(_REQUEST_KEY)
+        pieces.append(wire.encode_varint(sum(len(piece) for piece in request)))
+        pieces.extend(request)
+    return b"".join(pieces)
 
 
 class StreamResponse:
@@ -98,7 +126,7 @@ class StreamResponse:
         self.existed = False
 
 
-def _parse_response(serialized: bytes) -> StreamResponse:
+def _parse_response(serialized: bytes | memoryview) -> StreamResponse:
     """Parse a serialized ``FragmentResponse`` (field numbers from proto/storage.proto) into a
     ``StreamResponse`` whose fragment data is a view of ``serialized`` (protobuf would copy it on
     parsing and again on every access of the field). Unknown fields are skipped, as protobuf does.
@@ -130,12 +158,26 @@ def _parse_response(serialized: bytes) -> StreamResponse:
     return response
 
 
-def _serializer(request: storage_pb2.FragmentRequest) -> Callable[[int], bytes]:
+def _parse_response_batch(serialized: bytes) -> list[StreamResponse]:
+    """Parse a serialized ``FragmentResponseBatch`` (the ``Stream`` response deserializer) into
+    its responses, in order, each as ``_parse_response`` reads it (data stays a view).
+
+    Raises:
+        ValueError: malformed message (the stream fails and its requests get NodeUnavailable).
+    """
+    responses: list[StreamResponse] = []
+    for number, _wire_type, value in wire.fields(memoryview(serialized).toreadonly()):
+        if number == 1 and isinstance(value, memoryview):
+            responses.append(_parse_response(value))
+    return responses
+
+
+def _serializer(request: storage_pb2.FragmentRequest) -> Callable[[int], Pieces]:
     """``request`` serialized with the request id it is given (for ``_exchange``)."""
 
-    def serialize(request_id: int) -> bytes:
+    def serialize(request_id: int) -> Pieces:
         request.request_id = request_id
-        return request.SerializeToString()
+        return (request.SerializeToString(),)
 
     return serialize
 
@@ -163,21 +205,40 @@ def _rpc_error(address: str, exc: grpc.aio.AioRpcError) -> StorageError:
     return error_class(f"{address}: {exc.code().name}: {exc.details()}")
 
 
+#: Lanes of a stream: gets do not wait behind a batch of puts being made durable.
+READ_LANE = 0
+WRITE_LANE = 1
+
+
+class _Lane:
+    """Requests of one kind waiting to be sent (request id, serialized pieces, the caller's future)
+    and the ids of those sent that the node has not answered yet."""
+
+    __slots__ = ("queue", "unanswered")
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[int, Pieces, asyncio.Future[StreamResponse]]] = deque()
+        self.unanswered: set[int] = set()
+
+
 class _StreamSession:
     """One open ``Stream`` call, its sender and reader tasks and the requests waiting for a response.
 
     Only the sender task writes to the call, one message at a time (grpc.aio allows one write in
-    progress). Callers queue their request and await their own response future: a caller that is
-    cancelled or times out never interrupts a write (grpc.aio cancels the whole call when a write is
-    cancelled, which would fail every other request on the stream); a request whose caller gave up
-    before its turn is not sent at all.
+    progress). Callers queue their request in a lane (``submit``) and await their own response
+    future: a caller that is cancelled or times out never interrupts a write (grpc.aio cancels the
+    whole call when a write is cancelled, which would fail every other request on the stream); a
+    request whose caller gave up before its turn is not sent at all. A lane sends its next batch
+    once the node has answered every request of its previous one.
     """
 
     def __init__(self, address: str, call: Any) -> None:
         self.address = address
         self.call = call
         self.pending: dict[int, asyncio.Future[StreamResponse]] = {}
-        self.outbox: asyncio.Queue[tuple[bytes, asyncio.Future[StreamResponse]]] = asyncio.Queue()
+        self.lanes = (_Lane(), _Lane())
+        self.lane_of: dict[int, _Lane] = {}  # sent, unanswered request id -> its lane
+        self.wakeup = asyncio.Event()
         self.reader = asyncio.create_task(self._read_responses())
         self.sender = asyncio.create_task(self._send_requests())
 
@@ -185,13 +246,36 @@ class _StreamSession:
     def alive(self) -> bool:
         return not self.reader.done() and not self.sender.done()
 
+    def submit(self, lane: int, request_id: int, serialized: Pieces, future: asyncio.Future[StreamResponse]) -> None:
+        """Queue a serialized request on ``lane`` (``READ_LANE`` or ``WRITE_LANE``)."""
+        self.lanes[lane].queue.append((request_id, serialized, future))
+        self.wakeup.set()
+
+    def _take_batch(self, lane: _Lane) -> bytes | None:
+        """The lane's next batch, serialized (None when nothing is waiting); marks it sent."""
+        requests: list[Pieces] = []
+        size = 0
+        while lane.queue and len(requests) < MAX_BATCH_REQUESTS and (not requests or size < MAX_BATCH_BYTES):
+            request_id, serialized, future = lane.queue.popleft()
+            if future.done():  # the caller gave up before its turn
+                continue
+            requests.append(serialized)
+            size += sum(len(piece) for piece in serialized)
+            lane.unanswered.add(request_id)
+            self.lane_of[request_id] = lane
+        return _serialize_batch(requests) if requests else None
+
     async def _send_requests(self) -> None:
         try:
             while True:
-                serialized, future = await self.outbox.get()
-                if future.done():  # the caller gave up before its turn
-                    continue
-                await self.call.write(serialized)
+                await self.wakeup.wait()
+                self.wakeup.clear()
+                for lane in self.lanes:
+                    if lane.unanswered:
+                        continue  # its batch in flight: what queues up meanwhile goes next, together
+                    batch = self._take_batch(lane)
+                    if batch is not None:
+                        await self.call.write(batch)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -202,14 +286,21 @@ class _StreamSession:
     async def _read_responses(self) -> None:
         reason = "stream ended by the node"
         try:
-            async for response in self.call:
-                if response is None:
+            async for responses in self.call:
+                if responses is None:
                     # grpc.aio hands over None when the deserializer raised: the stream is unusable.
                     reason = "the node sent a malformed response"
                     break
-                future = self.pending.pop(response.request_id, None)
-                if future is not None and not future.done():
-                    future.set_result(response)
+                for response in responses:
+                    request_id = response.request_id
+                    lane = self.lane_of.pop(request_id, None)
+                    if lane is not None:
+                        lane.unanswered.discard(request_id)
+                        if not lane.unanswered:
+                            self.wakeup.set()
+                    future = self.pending.pop(request_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(response)
         except grpc.aio.AioRpcError as exc:
             reason = f"stream failed: {exc.code().name}: {exc.details()}"
         except asyncio.CancelledError:
@@ -263,10 +354,10 @@ class StorageNodeClient:
     ) -> None:
         """Store fragment ``index`` (0..13) of the chunk ``chunk_hash`` (32 bytes) of placement group
         ``pg``; returns once the node has made it durable. ``data`` (any bytes-like object) is
-        copied before the first suspension point, so the caller may reuse it once this call has
-        started running (it is serialized synchronously). ``chunk_size``: bytes of the chunk;
-        ``epoch``: cluster-map epoch the fragment was placed under. The CRC32C of ``data`` is sent
-        along and verified by the node.
+        copied into the batch it is sent in, which may happen after this call suspends: keep it
+        unchanged until the call returns or is cancelled (it is never read after that).
+        ``chunk_size``: bytes of the chunk; ``epoch``: cluster-map epoch the fragment was placed
+        under. The CRC32C of ``data`` is sent along and verified by the node.
 
         Raises:
             InvalidFragment: the node rejected the request (bad hash, index, or checksum mismatch).
@@ -279,7 +370,7 @@ class StorageNodeClient:
             chunk_hash=chunk_hash, fragment_index=index, placement_group=pg,
             checksum=crc32c(view), chunk_size=chunk_size, epoch=epoch,
         )
-        await self._exchange(lambda request_id: _serialize_put(request_id, put, view))
+        await self._exchange(WRITE_LANE, lambda request_id: _serialize_put(request_id, put, view))
 
     async def get_fragment(self, chunk_hash: bytes, index: int, pg: int) -> bytes:
         """Return the bytes of fragment ``index`` of ``chunk_hash`` in placement group ``pg``.
@@ -300,7 +391,7 @@ class StorageNodeClient:
         request = storage_pb2.FragmentRequest(get=storage_pb2.GetFragmentRequest(
             chunk_hash=chunk_hash, fragment_index=index, placement_group=pg,
         ))
-        response = await self._exchange(_serializer(request))
+        response = await self._exchange(READ_LANE, _serializer(request))
         data = response.data
         if data is None:
             raise StorageError(f"{self.address}: answer to a get carries no fragment")
@@ -318,11 +409,11 @@ class StorageNodeClient:
         request = storage_pb2.FragmentRequest(delete=storage_pb2.DeleteFragmentRequest(
             chunk_hash=chunk_hash, fragment_index=index, placement_group=pg,
         ))
-        return (await self._exchange(_serializer(request))).existed
+        return (await self._exchange(WRITE_LANE, _serializer(request))).existed
 
-    async def _exchange(self, serialize: Callable[[int], bytes]) -> StreamResponse:
-        """Send the request ``serialize(request_id)`` (serialized now, before any suspension) and
-        return the node's response; raises the domain error of a non-OK status."""
+    async def _exchange(self, lane: int, serialize: Callable[[int], Pieces]) -> StreamResponse:
+        """Send the request ``serialize(request_id)`` (serialized now, before any suspension) on
+        ``lane`` and return the node's response; raises the domain error of a non-OK status."""
         request_id = next(self._request_ids)
         serialized = serialize(request_id)
         session: _StreamSession | None = None
@@ -333,7 +424,7 @@ class StorageNodeClient:
                     asyncio.get_running_loop().create_future()
                 )
                 session.pending[request_id] = future
-                session.outbox.put_nowait((serialized, future))
+                session.submit(lane, request_id, serialized, future)
                 response = await future
         except TimeoutError as exc:
             raise NodeUnavailable(f"{self.address}: no answer within {self.timeout:g} s") from exc
@@ -354,7 +445,7 @@ class StorageNodeClient:
             stream = self._channel_for_loop().stream_stream(
                 STREAM_METHOD,
                 request_serializer=wire.identity,
-                response_deserializer=_parse_response,
+                response_deserializer=_parse_response_batch,
             )
             session = _StreamSession(self.address, stream())
             self._session = session

@@ -7,12 +7,16 @@ one synced write per volume (group commit: perf-notes measured 3.2k synced puts/
 against 29k/s batched); gets that arrive while a read batch runs are read together in one executor
 call (one thread hop for many fragments).
 
-The multiplexed ``Stream`` is served with a hand-coded wire codec (``parse_stream_request``,
-``serialize_*``; register with ``add_to_server``): requests are parsed into views of the received
-message, so a put's 420 KB of data is copied once (into the engine's write batch) instead of twice
-by protobuf, and a get's response is built around the fragment with one copy instead of two. The
-layout is ``proto/storage.proto``'s, encoded per the protobuf encoding guide
-(https://protobuf.dev/programming-guides/encoding/); ``storagenode/client.py`` speaks the same.
+The multiplexed ``Stream`` carries batches (``FragmentRequestBatch``): every request of a batch
+is handled at once (its puts go into one group commit, its gets into one read batch) and the
+batch is answered with one ``FragmentResponseBatch``, so the per-message costs of gRPC (wake-ups,
+thread hops) are paid once per batch rather than per fragment. It is served with a hand-coded wire
+codec (``parse_stream_batch``, ``serialize_*``; register with ``add_to_server``): requests are
+parsed into views of the received message, so a put's 420 KB of data is copied once (into the
+engine's write batch) instead of twice by protobuf, and a get's answer is built around the fragment
+with one copy instead of two. The layout is ``proto/storage.proto``'s, encoded per the protobuf
+encoding guide (https://protobuf.dev/programming-guides/encoding/); ``storagenode/client.py``
+speaks the same.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor, Future
 from typing import NoReturn, TypeVar
 
@@ -173,11 +177,11 @@ def _parse_operation(request: StreamRequest, buffer: memoryview) -> None:
                 request.data = value
 
 
-def parse_stream_request(serialized: bytes) -> StreamRequest:
-    """Parse a serialized ``FragmentRequest`` without copying a put's data (gRPC request
-    deserializer of ``Stream``). Unknown fields are skipped as protobuf does; of several oneof
-    members the last wins. Never raises: a malformed message yields a request whose ``problem``
-    says why (its ``request_id`` is kept when it was read before the damage)."""
+def parse_stream_request(serialized: bytes | memoryview) -> StreamRequest:
+    """Parse a serialized ``FragmentRequest`` without copying a put's data. Unknown fields are
+    skipped as protobuf does; of several oneof members the last wins. Never raises: a malformed
+    message yields a request whose ``problem`` says why (its ``request_id`` is kept when it was
+    read before the damage)."""
     request = StreamRequest()
     try:
         for number, wire_type, value in wire.fields(memoryview(serialized).toreadonly()):
@@ -194,6 +198,25 @@ def parse_stream_request(serialized: bytes) -> StreamRequest:
     return request
 
 
+def parse_stream_batch(serialized: bytes) -> list[StreamRequest]:
+    """Parse a serialized ``FragmentRequestBatch`` (gRPC request deserializer of ``Stream``) into
+    its requests, in order, each as ``parse_stream_request`` reads it (put data stays a view of
+    ``serialized``). Never raises: when the batch itself is malformed, the requests read before
+    the damage are kept and one more request, without operation, says why (answered
+    ``STATUS_INVALID``)."""
+    requests: list[StreamRequest] = []
+    try:
+        for number, _wire_type, value in wire.fields(memoryview(serialized).toreadonly()):
+            if number == 1 and isinstance(value, memoryview):
+                requests.append(parse_stream_request(value))
+    except (ValueError, IndexError) as exc:
+        damaged = StreamRequest()
+        damaged.problem = f"malformed FragmentRequestBatch: {exc}"
+        requests.append(damaged)
+    return requests
+
+
+_RESPONSE_KEY = b"\x0a"  # FragmentResponseBatch.responses = 1, length-delimited
 _REQUEST_ID_KEY = b"\x08"  # FragmentResponse.request_id = 1, varint
 _STATUS_KEY = b"\x10"  # status = 2, varint
 _MESSAGE_KEY = b"\x1a"  # message = 3, length-delimited
@@ -216,17 +239,34 @@ def serialize_delete_response(request_id: int, existed: bool) -> bytes:
     return b"".join((_REQUEST_ID_KEY, wire.encode_varint(request_id), _DELETE_EXISTED if existed else _DELETE_ABSENT))
 
 
-def serialize_get_response(request_id: int, stored: StoredFragment) -> bytes:
-    """Serialized ``FragmentResponse(request_id, get={data, checksum, chunk_size})``; the fragment
-    data is copied once, into the returned bytes (protobuf copies it into the message and again
-    into the serialization)."""
+def get_response_parts(request_id: int, stored: StoredFragment) -> tuple[bytes, bytes | memoryview, bytes]:
+    """A serialized ``FragmentResponse(request_id, get={data, checksum, chunk_size})`` as three
+    pieces to concatenate: head, the fragment data itself (not copied), tail."""
     data = stored.data
     tail = b"".join((_CHECKSUM_KEY, wire.encode_varint(stored.checksum & _MASK_U32),
                      _CHUNK_SIZE_KEY, wire.encode_varint(stored.chunk_size & _MASK_U64)))
     data_length = wire.encode_varint(len(data))
     inner_length = len(_DATA_KEY) + len(data_length) + len(data) + len(tail)
-    return b"".join((_REQUEST_ID_KEY, wire.encode_varint(request_id), _GET_KEY, wire.encode_varint(inner_length),
-                     _DATA_KEY, data_length, data, tail))
+    head = b"".join((_REQUEST_ID_KEY, wire.encode_varint(request_id), _GET_KEY, wire.encode_varint(inner_length),
+                     _DATA_KEY, data_length))
+    return head, data, tail
+
+
+def serialize_get_response(request_id: int, stored: StoredFragment) -> bytes:
+    """Serialized ``FragmentResponse(request_id, get={data, checksum, chunk_size})``."""
+    return b"".join(get_response_parts(request_id, stored))
+
+
+def serialize_response_batch(responses: Sequence[Sequence[bytes | memoryview]]) -> bytes:
+    """Serialized ``FragmentResponseBatch`` of ``responses``, each a serialized
+    ``FragmentResponse`` given as pieces to concatenate; fragment data is copied once, into the
+    returned bytes (protobuf would copy it into the message and again into the serialization)."""
+    pieces: list[bytes | memoryview] = []
+    for parts in responses:
+        pieces.append(_RESPONSE_KEY)
+        pieces.append(wire.encode_varint(sum(len(part) for part in parts)))
+        pieces.extend(parts)
+    return b"".join(pieces)
 
 
 def serialize_error_response(request_id: int, status: int, message: str) -> bytes:
@@ -303,18 +343,27 @@ class BatchedReader:
         self._max_batch_fragments = max_batch_fragments
         self._pending: list[tuple[tuple[bytes, int, int], asyncio.Future[StoredFragment | Exception]]] = []
         self._running = 0
+        self._start_scheduled = False
 
     async def get(self, chunk_hash: bytes, index: int, pg: int) -> StoredFragment:
         """The fragment, CRC32C verified; raises what ``FragmentEngine.get`` would."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StoredFragment | Exception] = loop.create_future()
         self._pending.append(((chunk_hash, index, pg), future))
-        if self._running < self._max_batches:
-            self._start_batch(loop)
+        if self._running < self._max_batches and not self._start_scheduled:
+            # Started on the next loop step, so gets queued in this one (e.g. the gets of one
+            # request batch, each handled by its own task) go into the same executor call.
+            self._start_scheduled = True
+            loop.call_soon(self._scheduled_start, loop)
         result = await future
         if isinstance(result, Exception):
             raise result
         return result
+
+    def _scheduled_start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._start_scheduled = False
+        if self._pending and self._running < self._max_batches:
+            self._start_batch(loop)
 
     def _start_batch(self, loop: asyncio.AbstractEventLoop) -> None:
         # Executor future + callback rather than a task awaiting run_in_executor: measured fewer
@@ -411,57 +460,69 @@ class StorageNodeServicer(storage_pb2_grpc.StorageNodeServicer):
 
     async def Stream(
         self,
-        request_iterator: AsyncIterator[storage_pb2.FragmentRequest],
-        context: grpc.aio.ServicerContext[storage_pb2.FragmentRequest, storage_pb2.FragmentResponse],
+        request_iterator: AsyncIterator[storage_pb2.FragmentRequestBatch],
+        context: grpc.aio.ServicerContext[storage_pb2.FragmentRequestBatch, storage_pb2.FragmentResponseBatch],
     ) -> None:
         """``Stream`` with protobuf messages, for servers set up with the generated
         ``add_StorageNodeServicer_to_server``: converts each message and serves it like
         ``stream_serialized`` (the data path uses that one, through ``add_to_server``; this adapter
         copies every fragment twice more)."""
 
-        async def parsed() -> AsyncIterator[StreamRequest]:
-            async for request in request_iterator:
-                yield parse_stream_request(request.SerializeToString())
+        async def parsed() -> AsyncIterator[list[StreamRequest]]:
+            async for batch in request_iterator:
+                yield parse_stream_batch(batch.SerializeToString())
 
         async def write(response: bytes) -> None:
-            await context.write(storage_pb2.FragmentResponse.FromString(response))
+            await context.write(storage_pb2.FragmentResponseBatch.FromString(response))
 
         await self._serve_stream(parsed(), write)
 
     async def stream_serialized(
         self,
-        request_iterator: AsyncIterator[StreamRequest],
-        context: grpc.aio.ServicerContext[StreamRequest, bytes],
+        request_iterator: AsyncIterator[list[StreamRequest]],
+        context: grpc.aio.ServicerContext[list[StreamRequest], bytes],
     ) -> None:
-        """``Stream`` as ``add_to_server`` registers it: requests arrive parsed by
-        ``parse_stream_request``, responses are written as serialized ``FragmentResponse`` bytes."""
+        """``Stream`` as ``add_to_server`` registers it: request batches arrive parsed by
+        ``parse_stream_batch``, answers are written as serialized ``FragmentResponseBatch`` bytes."""
         await self._serve_stream(request_iterator, context.write)
 
     async def _serve_stream(
-        self, request_iterator: AsyncIterator[StreamRequest], write: Callable[[bytes], Awaitable[None]]
+        self, request_iterator: AsyncIterator[list[StreamRequest]], write: Callable[[bytes], Awaitable[None]]
     ) -> None:
-        """Serve put/get/delete requests concurrently; responses go out as they complete.
+        """Serve request batches concurrently; each batch is answered, as one message, once all
+        its requests are done; answers go out in the order batches complete.
 
-        At most ``max_in_flight`` requests are handled or waiting to be written back at once: a
-        slot is freed only when its response has been written, so a client that stops reading
+        At most ``max_in_flight`` requests are handled or waiting to be written back at once: their
+        slots are freed only when their answer has been written, so a client that stops reading
         cannot make the node buffer ~420 KB answers without bound.
         """
-        responses: asyncio.Queue[bytes | None] = asyncio.Queue()
+        responses: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue()
         in_flight = asyncio.Semaphore(self._max_in_flight)
         handlers: set[asyncio.Task[None]] = set()
 
-        async def handle(request: StreamRequest) -> None:
+        async def handle(batch: list[StreamRequest], slots: int) -> None:
             try:
-                response = await self._handle(request)
+                if len(batch) == 1:
+                    answers = [await self._handle(batch[0])]
+                else:
+                    # One task per request, all started in this loop step: their puts join one
+                    # group commit and their gets one read batch.
+                    answers = await asyncio.gather(*(self._handle(request) for request in batch))
             except BaseException:
-                in_flight.release()
+                for _ in range(slots):
+                    in_flight.release()
                 raise
-            responses.put_nowait(response)  # its slot is released once it is written
+            responses.put_nowait((serialize_response_batch(answers), slots))  # slots freed once written
 
         async def read_requests() -> None:
-            async for request in request_iterator:
-                await in_flight.acquire()
-                task = asyncio.create_task(handle(request))
+            async for batch in request_iterator:
+                if not batch:
+                    continue
+                # A batch larger than the bound takes every slot rather than waiting forever.
+                slots = min(len(batch), self._max_in_flight)
+                for _ in range(slots):
+                    await in_flight.acquire()
+                task = asyncio.create_task(handle(batch, slots))
                 handlers.add(task)
                 task.add_done_callback(handlers.discard)
 
@@ -482,18 +543,21 @@ class StorageNodeServicer(storage_pb2_grpc.StorageNodeServicer):
         STREAMS_OPEN.inc()
         supervisor = asyncio.create_task(supervise())
         try:
-            while (response := await responses.get()) is not None:
+            while (answer := await responses.get()) is not None:
+                response, slots = answer
                 try:
                     await write(response)
                 finally:
-                    in_flight.release()
+                    for _ in range(slots):
+                        in_flight.release()
         finally:
             STREAMS_OPEN.dec()
             supervisor.cancel()
             for task in list(handlers):
                 task.cancel()
 
-    async def _handle(self, request: StreamRequest) -> bytes:
+    async def _handle(self, request: StreamRequest) -> Sequence[bytes | memoryview]:
+        """Serve one request; return its serialized ``FragmentResponse`` as pieces to concatenate."""
         operation = request.operation
         started = time.perf_counter()
         try:
@@ -503,22 +567,22 @@ class StorageNodeServicer(storage_pb2_grpc.StorageNodeServicer):
                     data=request.data, checksum=request.checksum, chunk_size=request.chunk_size,
                 ))
                 _PUT_BYTES.inc(len(request.data))
-                response = serialize_put_response(request.request_id)
+                response: Sequence[bytes | memoryview] = (serialize_put_response(request.request_id),)
             elif operation == "get":
                 stored = await self._reader.get(request.chunk_hash, request.fragment_index,
                                                 request.placement_group)
                 _GET_BYTES.inc(len(stored.data))
-                response = serialize_get_response(request.request_id, stored)
+                response = get_response_parts(request.request_id, stored)
             elif operation == "delete":
                 existed = await self._run(lambda: self._engine.delete(
                     request.chunk_hash, request.fragment_index, request.placement_group))
-                response = serialize_delete_response(request.request_id, existed)
+                response = (serialize_delete_response(request.request_id, existed),)
             else:
                 raise InvalidFragment(request.problem or "request carries no operation")
         except Exception as exc:
             status, _code = classify(exc)
             self._record(operation, status, started, exc)
-            return serialize_error_response(request.request_id, status, str(exc))
+            return (serialize_error_response(request.request_id, status, str(exc)),)
         self._record(operation, storage_pb2.STATUS_OK, started, None)
         return response
 
@@ -648,7 +712,7 @@ def add_to_server(servicer: StorageNodeServicer, server: grpc.aio.Server) -> Non
     """
     handlers = {
         "Stream": grpc.stream_stream_rpc_method_handler(
-            servicer.stream_serialized, request_deserializer=parse_stream_request, response_serializer=wire.identity,
+            servicer.stream_serialized, request_deserializer=parse_stream_batch, response_serializer=wire.identity,
         ),
         "PutFragment": grpc.unary_unary_rpc_method_handler(
             servicer.PutFragment,

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -25,7 +25,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from common.layout import CHUNK_SIZE, STRIPE_WIDTH, placement_group
-from frontend.chunk_store import ChunkStore
+from frontend.chunk_store import ChunkStore, ChunkToWrite
 from frontend.datapath_errors import ChunkCorrupt, ChunkUnavailable, EntityTooLarge, InsufficientFragments
 from frontend.erasure import ErasureCoder, data_fragment_payload_range, fragment_payload_bytes
 from frontend.object_io import read_stream, read_stream_pieces, write_stream
@@ -284,6 +284,75 @@ def test_write_stream_cuts_hashes_dedups_and_reads_back(cluster: Cluster, tmp_pa
             assert await anext(stream) == body_bytes[:chunk_size]
             await stream.aclose()  # type: ignore[attr-defined]
 
+        run_with_pool(body)
+    finally:
+        metadata.close()
+
+
+class BatchRecordingStore(ChunkStore):
+    """A real ChunkStore that also records how many stripes each ``write_chunks`` call carried."""
+
+    batches: list[int]
+
+    async def write_chunks(self, chunks: Sequence[ChunkToWrite]) -> list[int]:
+        self.batches.append(len(chunks))
+        return await super().write_chunks(chunks)
+
+
+def recording_store(cluster: Cluster, pool: StorageNodePool) -> BatchRecordingStore:
+    store = BatchRecordingStore(lambda: cluster.cluster_map, pool, cluster.coder)
+    store.batches = []
+    return store
+
+
+def test_write_stream_sends_new_stripes_in_batches(cluster: Cluster, tmp_path: Path) -> None:
+    metadata = SqliteMetadataStore(tmp_path / "meta.sqlite")
+    chunk_size = 100_000
+    body_bytes = random.Random(21).randbytes(10 * chunk_size)
+
+    async def body(pool: StorageNodePool) -> None:
+        store = recording_store(cluster, pool)
+        written = await write_stream(_chunks([body_bytes]), store, metadata, chunk_size=chunk_size,
+                                     parallel_chunks=8)
+        assert written.new_chunk_count == 10
+        assert sum(store.batches) == 10 and max(store.batches) == 4  # parallel_chunks // 2 per batch
+        assert [b"".join([p async for p in read_stream(store, written.chunks, 0, written.size)])] == [body_bytes]
+        # Chunks that trickle in wait for each other: the body's end sends them as one batch.
+        store.batches.clear()
+        other = random.Random(22).randbytes(10 * chunk_size)
+        slow = await write_stream(_slow(other, chunk_size, 3), store, metadata, chunk_size=chunk_size,
+                                  parallel_chunks=8)
+        assert (slow.new_chunk_count, store.batches) == (3, [3])
+
+    try:
+        run_with_pool(body)
+    finally:
+        metadata.close()
+
+
+async def _slow(data: bytes, chunk_size: int, chunks: int) -> AsyncIterator[bytes]:
+    for start in range(0, chunks * chunk_size, chunk_size):
+        yield data[start : start + chunk_size]
+        await asyncio.sleep(0.2)
+
+
+def test_write_stream_never_stalls_on_a_partial_batch(cluster: Cluster, tmp_path: Path) -> None:
+    # Copies of one chunk wait on its write while holding every slot: the batch holding the one
+    # new chunk must be sent although it is not full, or the stream would wait forever.
+    metadata = SqliteMetadataStore(tmp_path / "meta.sqlite")
+    block = random.Random(23).randbytes(50_000)
+    tail = random.Random(24).randbytes(30_000)
+
+    async def body(pool: StorageNodePool) -> None:
+        store = recording_store(cluster, pool)
+        written = await asyncio.wait_for(
+            write_stream(_chunks([block * 6 + tail]), store, metadata, chunk_size=len(block), parallel_chunks=4),
+            timeout=60,
+        )
+        assert (len(written.chunks), written.new_chunk_count) == (7, 2)
+        assert store.batches == [1, 1]
+
+    try:
         run_with_pool(body)
     finally:
         metadata.close()

@@ -14,7 +14,7 @@ import pytest
 from common.layout import STRIPE_WIDTH
 from frontend.erasure import INLINE_MAX_BYTES, ErasureCoder, fragment_bytes
 from proto import storage_pb2
-from storagenode.client import _parse_response, _serialize_put
+from storagenode.client import _parse_response, _parse_response_batch, _serialize_batch, _serialize_put
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,10 @@ def test_serialized_put_parses_as_the_protobuf_message(length: int) -> None:
         chunk_hash=bytes(range(32)), fragment_index=13, placement_group=300, checksum=0xFFFFFFFF,
         chunk_size=4 << 20, epoch=2**40,
     )
-    parsed = storage_pb2.FragmentRequest.FromString(_serialize_put(2**35 + 7, put, memoryview(data)))
+    pieces = _serialize_put(2**35 + 7, put, memoryview(data))
+    # The fragment is not copied here: the batch that carries it copies it once.
+    assert isinstance(pieces[-1], memoryview) and pieces[-1].obj is data
+    parsed = storage_pb2.FragmentRequest.FromString(b"".join(pieces))
     expected = storage_pb2.PutFragmentRequest()
     expected.CopyFrom(put)
     expected.data = data
@@ -108,3 +111,29 @@ def test_stream_response_skips_unknown_fields_and_refuses_truncation() -> None:
     serialized = known.SerializeToString()
     with pytest.raises((ValueError, IndexError)):
         _parse_response(serialized[:-3])
+
+
+def test_a_serialized_request_batch_parses_as_the_protobuf_message() -> None:
+    put = storage_pb2.PutFragmentRequest(chunk_hash=bytes(32), fragment_index=2, placement_group=5, checksum=9)
+    get = storage_pb2.FragmentRequest(request_id=8, get={"chunk_hash": bytes(32), "fragment_index": 3})
+    data = os.urandom(300_000)
+    serialized = _serialize_batch([_serialize_put(7, put, memoryview(data)), (get.SerializeToString(),)])
+    parsed = storage_pb2.FragmentRequestBatch.FromString(serialized)
+    expected_put = storage_pb2.PutFragmentRequest()
+    expected_put.CopyFrom(put)
+    expected_put.data = data
+    assert list(parsed.requests) == [storage_pb2.FragmentRequest(request_id=7, put=expected_put), get]
+
+
+def test_response_batches_parse_like_protobuf() -> None:
+    responses = [
+        storage_pb2.FragmentResponse(request_id=3, get=storage_pb2.GetFragmentResponse(data=b"abc" * 999, checksum=4)),
+        storage_pb2.FragmentResponse(request_id=4, put=storage_pb2.PutFragmentResponse()),
+        storage_pb2.FragmentResponse(request_id=5, status=storage_pb2.STATUS_CORRUPT, message="bad"),
+    ]
+    parsed = _parse_response_batch(storage_pb2.FragmentResponseBatch(responses=responses).SerializeToString())
+    assert [(r.request_id, r.status, r.message) for r in parsed] == [(3, 0, ""), (4, 0, ""), (5, 2, "bad")]
+    assert parsed[0].data is not None and bytes(parsed[0].data) == b"abc" * 999
+    assert _parse_response_batch(b"") == []
+    with pytest.raises((ValueError, IndexError)):
+        _parse_response_batch(storage_pb2.FragmentResponseBatch(responses=responses).SerializeToString()[:-2])

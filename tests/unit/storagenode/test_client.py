@@ -29,13 +29,16 @@ class LyingServicer(storage_pb2_grpc.StorageNodeServicer):
     """Answers every get with bytes that do not match the checksum it sends."""
 
     async def Stream(
-        self, request_iterator: AsyncIterator[storage_pb2.FragmentRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[storage_pb2.FragmentResponse]:
-        async for request in request_iterator:
-            yield storage_pb2.FragmentResponse(
-                request_id=request.request_id,
-                get=storage_pb2.GetFragmentResponse(data=b"flipped", checksum=crc32c(b"original")),
-            )
+        self, request_iterator: AsyncIterator[storage_pb2.FragmentRequestBatch], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[storage_pb2.FragmentResponseBatch]:
+        async for batch in request_iterator:
+            yield storage_pb2.FragmentResponseBatch(responses=[
+                storage_pb2.FragmentResponse(
+                    request_id=request.request_id,
+                    get=storage_pb2.GetFragmentResponse(data=b"flipped", checksum=crc32c(b"original")),
+                )
+                for request in batch.requests
+            ])
 
 
 async def with_server(
@@ -188,3 +191,59 @@ def test_cancelled_requests_never_break_the_shared_stream(tmp_path: Path, cancel
     finally:
         executor.shutdown()
         engine.close()
+
+
+class HoldingServicer(storage_pb2_grpc.StorageNodeServicer):
+    """Records the requests of every batch it receives and answers each batch OK, holding back the
+    answer to the first batch until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, str | None]]] = []
+        self.first_received = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def Stream(
+        self, request_iterator: AsyncIterator[storage_pb2.FragmentRequestBatch], context: grpc.aio.ServicerContext
+    ) -> None:
+        async def answer(batch: storage_pb2.FragmentRequestBatch, hold: bool) -> None:
+            if hold:
+                await self.release.wait()
+            await context.write(storage_pb2.FragmentResponseBatch(responses=[
+                storage_pb2.FragmentResponse(request_id=request.request_id,
+                                             get={"data": b"d", "checksum": crc32c(b"d")})
+                if request.WhichOneof("operation") == "get"
+                else storage_pb2.FragmentResponse(request_id=request.request_id, put={})
+                for request in batch.requests
+            ]))
+
+        answers = []
+        async for batch in request_iterator:
+            self.batches.append([(request.request_id, request.WhichOneof("operation")) for request in batch.requests])
+            answers.append(asyncio.create_task(answer(batch, hold=len(self.batches) == 1)))
+            self.first_received.set()
+        await asyncio.gather(*answers)
+
+
+def test_requests_queued_behind_an_unanswered_batch_go_as_one_batch_and_reads_do_not_wait() -> None:
+    servicer = HoldingServicer()
+
+    async def body(address: str) -> None:
+        client = StorageNodeClient(address)
+        try:
+            first = asyncio.create_task(client.put_fragment(chunk_hash_for(0), 0, 1, b"zero", 4, 1))
+            await servicer.first_received.wait()
+            # The write lane waits for the node's answer to the first put: these queue up.
+            later = [asyncio.create_task(client.put_fragment(chunk_hash_for(seed), 0, 1, b"data", 4, 1))
+                     for seed in range(1, 6)]
+            # The read lane is idle: a get goes out (and is answered) while the first put is held.
+            assert await client.get_fragment(chunk_hash_for(9), 0, 1) == b"d"
+            assert not first.done() and not any(task.done() for task in later)
+            servicer.release.set()
+            await asyncio.gather(first, *later)
+        finally:
+            await client.close()
+
+    asyncio.run(with_server(servicer, body))
+    puts = [batch for batch in servicer.batches if batch[0][1] == "put"]
+    assert [len(batch) for batch in puts] == [1, 5]
+    assert [operation for batch in servicer.batches for _id, operation in batch].count("get") == 1

@@ -15,18 +15,21 @@ from awscrt.checksums import crc32c
 from rocksdict import Options, Rdict
 
 from proto import storage_pb2
-from storagenode.client import StorageNodeClient, _parse_response, _serialize_put
+from storagenode.client import StorageNodeClient, _parse_response, _serialize_batch, _serialize_put
 from storagenode.engine import HEADERS_COLUMN_FAMILY, FragmentEngine, fragment_key
 from storagenode.errors import FragmentCorrupt, FragmentNotFound
 from storagenode.records import StoredFragment
 from storagenode.servicer import (
     StorageNodeServicer,
     add_to_server,
+    get_response_parts,
+    parse_stream_batch,
     parse_stream_request,
     serialize_delete_response,
     serialize_error_response,
     serialize_get_response,
     serialize_put_response,
+    serialize_response_batch,
 )
 
 STREAM_METHOD = "/coffer.storage.v1.StorageNode/Stream"
@@ -62,7 +65,7 @@ def test_parses_the_clients_hand_coded_put() -> None:
     put = storage_pb2.PutFragmentRequest(chunk_hash=chunk_hash_for(2), fragment_index=4, placement_group=9,
                                          checksum=crc32c(data), chunk_size=4 << 20, epoch=7)
 
-    request = parse_stream_request(_serialize_put(200, put, memoryview(data)))
+    request = parse_stream_request(b"".join(_serialize_put(200, put, memoryview(data))))
 
     assert (request.request_id, request.operation, request.fragment_index, request.placement_group) == (
         200, "put", 4, 9)
@@ -111,6 +114,30 @@ def test_a_malformed_request_keeps_its_id_and_says_why(serialized: bytes) -> Non
     assert request.problem is not None and "malformed" in request.problem
 
 
+def test_parses_a_protobuf_batch_in_order_with_views_of_its_data() -> None:
+    data = b"\x01\x02" * 5000
+    batch = storage_pb2.FragmentRequestBatch(requests=[
+        storage_pb2.FragmentRequest(request_id=1, put={"chunk_hash": chunk_hash_for(1), "data": data, "checksum": 3}),
+        storage_pb2.FragmentRequest(request_id=2, get={"chunk_hash": chunk_hash_for(2), "fragment_index": 13}),
+        storage_pb2.FragmentRequest(request_id=3, delete={"chunk_hash": chunk_hash_for(3), "placement_group": 7}),
+    ]).SerializeToString()
+    requests = parse_stream_batch(batch)
+    assert [(r.request_id, r.operation, r.problem) for r in requests] == [
+        (1, "put", None), (2, "get", None), (3, "delete", None)]
+    assert isinstance(requests[0].data, memoryview) and bytes(requests[0].data) == data
+    assert (requests[1].chunk_hash, requests[1].fragment_index) == (chunk_hash_for(2), 13)
+    assert requests[2].placement_group == 7
+    assert parse_stream_batch(b"") == []
+
+
+def test_a_broken_batch_keeps_the_requests_before_the_damage() -> None:
+    first = storage_pb2.FragmentRequest(request_id=5, get={"chunk_hash": chunk_hash_for(1)}).SerializeToString()
+    serialized = _serialize_batch([(first,)]) + b"\x0a\x40\x08"  # a second request cut short
+    requests = parse_stream_batch(serialized)
+    assert [(r.request_id, r.operation) for r in requests] == [(5, "get"), (0, "none")]
+    assert requests[1].problem is not None and "malformed FragmentRequestBatch" in requests[1].problem
+
+
 # -- responses ------------------------------------------------------------------------------------
 
 
@@ -130,6 +157,21 @@ def test_serialized_responses_equal_protobufs_own() -> None:
         parsed = storage_pb2.FragmentResponse.FromString(serialized)
         assert parsed == expected
         assert parsed.WhichOneof("result") == expected.WhichOneof("result")
+
+
+def test_a_serialized_response_batch_equals_protobufs_own() -> None:
+    data = b"\x07" * 20_000
+    stored = StoredFragment(data=data, checksum=11, chunk_size=4 << 20)
+    serialized = serialize_response_batch([
+        get_response_parts(1, stored),
+        (serialize_put_response(2),),
+        (serialize_error_response(3, storage_pb2.STATUS_NOT_FOUND, "gone"),),
+    ])
+    assert storage_pb2.FragmentResponseBatch.FromString(serialized) == storage_pb2.FragmentResponseBatch(responses=[
+        storage_pb2.FragmentResponse(request_id=1, get={"data": data, "checksum": 11, "chunk_size": 4 << 20}),
+        storage_pb2.FragmentResponse(request_id=2, put={}),
+        storage_pb2.FragmentResponse(request_id=3, status=storage_pb2.STATUS_NOT_FOUND, message="gone"),
+    ])
 
 
 def test_the_client_reads_a_serialized_get() -> None:
@@ -195,21 +237,33 @@ def test_a_malformed_request_fails_alone_and_the_stream_keeps_serving(tmp_path: 
         await asyncio.to_thread(engine.put, chunk_hash_for(1), 3, 8, data, crc32c(data), 400)
         async with grpc.aio.insecure_channel(address) as channel:
             call = channel.stream_stream(STREAM_METHOD, request_serializer=lambda raw: raw,
-                                         response_deserializer=storage_pb2.FragmentResponse.FromString)()
-            await call.write(b"\x08\x0b\x12\x10abc")  # request 11: a put longer than its message
-            bad = await call.read()
-            await call.write(_serialize_put(13, storage_pb2.PutFragmentRequest(
-                chunk_hash=chunk_hash_for(2), checksum=crc32c(b"other"), chunk_size=4), memoryview(b"data")))
-            wrong_checksum = await call.read()
-            await call.write(storage_pb2.FragmentRequest(request_id=12, get={
-                "chunk_hash": chunk_hash_for(1), "fragment_index": 3, "placement_group": 8}).SerializeToString())
-            good = await call.read()
+                                         response_deserializer=storage_pb2.FragmentResponseBatch.FromString)()
+            # One batch: request 11 is a put longer than its message, request 13 a put whose data
+            # does not match its checksum, request 12 a good get.
+            await call.write(_serialize_batch([
+                (b"\x08\x0b\x12\x10abc",),
+                _serialize_put(13, storage_pb2.PutFragmentRequest(
+                    chunk_hash=chunk_hash_for(2), checksum=crc32c(b"other"), chunk_size=4), memoryview(b"data")),
+                (storage_pb2.FragmentRequest(request_id=12, get={
+                    "chunk_hash": chunk_hash_for(1), "fragment_index": 3, "placement_group": 8}).SerializeToString(),),
+            ]))
+            answer = await call.read()
+            # A batch whose own framing is broken: answered, and the stream still serves.
+            await call.write(b"\x0a\x7f\x08\x01")
+            broken = await call.read()
+            await call.write(_serialize_batch([(storage_pb2.FragmentRequest(request_id=14, get={
+                "chunk_hash": chunk_hash_for(1), "fragment_index": 3, "placement_group": 8}).SerializeToString(),)]))
+            after = await call.read()
             await call.done_writing()
+        bad, wrong_checksum, good = answer.responses
         assert (bad.request_id, bad.status) == (11, storage_pb2.STATUS_INVALID)
         assert "malformed" in bad.message
         assert (wrong_checksum.request_id, wrong_checksum.status) == (13, storage_pb2.STATUS_INVALID)
         assert (good.request_id, good.status, good.get.data, good.get.checksum, good.get.chunk_size) == (
             12, storage_pb2.STATUS_OK, data, crc32c(data), 400)
+        assert [(r.status, "malformed FragmentRequestBatch" in r.message) for r in broken.responses] == [
+            (storage_pb2.STATUS_INVALID, True)]
+        assert (after.responses[0].request_id, after.responses[0].get.data) == (14, data)
 
     run_with_node(tmp_path, body)
 
