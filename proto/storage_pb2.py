@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/storage.proto\x12\x11\x63offer.storage.v1\"\x9c\x01\n\x12PutFragmentRequest\x12\x12\n\nchunk_hash\x18\x01 \x01(\x0c\x12\x16\n\x0e\x66ragment_index\x18\x02 \x01(\r\x12\x17\n\x0fplacement_group\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x05 \x01(\r\x12\x12\n\nchunk_size\x18\x06 \x01(\x04\x12\r\n\x05\x65poch\x18\x07 \x01(\x04\"\x15\n\x13PutFragmentResponse\"Y\n\x12GetFragmentRequest\x12\x12\n\nchunk_hash\x18\x01 \x01(\x0c\x12\x16\n\x0e\x66ragment_index\x18\x02 \x01(\r\x12\x17\n\x0fplacement_group\x18\x03 \x01(\r\"I\n\x13GetFragmentResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\r\x12\x12\n\nchunk_size\x18\x03 \x01(\x04\"\\\n\x15\x44\x65leteFragmentRequest\x12\x12\n\nchunk_hash\x18\x01 \x01(\x0c\x12\x16\n\x0e\x66ragment_index\x18\x02 \x01(\r\x12\x17\n\x0fplacement_group\x18\x03 \x01(\r\")\n\x16\x44\x65leteFragmentResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"\xda\x01\n\x0f\x46ragmentRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x34\n\x03put\x18\x02 \x01(\x0b\x32%.coffer.storage.v1.PutFragmentRequestH\x00\x12\x34\n\x03get\x18\x03 \x01(\x0b\x32%.coffer.storage.v1.GetFragmentRequestH\x00\x12:\n\x06\x64\x65lete\x18\x04 \x01(\x0b\x32(.coffer.storage.v1.DeleteFragmentRequestH\x00\x42\x0b\n\toperation\"\x97\x02\n\x10\x46ragmentResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.coffer.storage.v1.Status\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x35\n\x03put\x18\x04 \x01(\x0b\x32&.coffer.storage.v1.PutFragmentResponseH\x00\x12\x35\n\x03get\x18\x05 \x01(\x0b\x32&.coffer.storage.v1.GetFragmentResponseH\x00\x12;\n\x06\x64\x65lete\x18\x06 \x01(\x0b\x32).coffer.storage.v1.DeleteFragmentResponseH\x00\x42\x08\n\x06result\"L\n\x14\x46ragmentRequestBatch\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".coffer.storage.v1.FragmentRequest\"O\n\x15\x46ragmentResponseBatch\x12\x36\n\tresponses\x18\x01 \x03(\x0b\x32#.coffer.storage.v1.FragmentResponse\"/\n\x14ListFragmentsRequest\x12\x17\n\x0fplacement_group\x18\x01 \x01(\r\"q\n\rFragmentEntry\x12\x12\n\nchunk_hash\x18\x01 \x01(\x0c\x12\x16\n\x0e\x66ragment_index\x18\x02 \x01(\r\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\r\x12\x12\n\nchunk_size\x18\x05 \x01(\x04\"L\n\x15ListFragmentsResponse\x12\x33\n\tfragments\x18\x01 \x03(\x0b\x32 .coffer.storage.v1.FragmentEntry\"\x0f\n\rHealthRequest\"V\n\x0bVolumeStats\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\tfragments\x18\x02 \x01(\x04\x12\x12\n\nbytes_used\x18\x03 \x01(\x04\x12\x12\n\nbytes_free\x18\x04 \x01(\x04\"v\n\x0eHealthResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12/\n\x07volumes\x18\x02 \x03(\x0b\x32\x1e.coffer.storage.v1.VolumeStats\x12\"\n\x1a\x63orrupt_fragments_detected\x18\x03 \x01(\x04*\x7f\n\x06Status\x12\r\n\tSTATUS_OK\x10\x00\x12\x14\n\x10STATUS_NOT_FOUND\x10\x01\x12\x12\n\x0eSTATUS_CORRUPT\x10\x02\x12\x13\n\x0fSTATUS_NO_SPACE\x10\x03\x12\x12\n\x0eSTATUS_INVALID\x10\x04\x12\x13\n\x0fSTATUS_INTERNAL\x10\x05\x32\xc6\x04\n\x0bStorageNode\x12_\n\x06Stream\x12\'.coffer.storage.v1.FragmentRequestBatch\x1a(.coffer.storage.v1.FragmentResponseBatch(\x01\x30\x01\x12\\\n\x0bPutFragment\x12%.coffer.storage.v1.PutFragmentRequest\x1a&.coffer.storage.v1.PutFragmentResponse\x12\\\n\x0bGetFragment\x12%.coffer.storage.v1.GetFragmentRequest\x1a&.coffer.storage.v1.GetFragmentResponse\x12\x65\n\x0e\x44\x65leteFragment\x12(.coffer.storage.v1.DeleteFragmentRequest\x1a).coffer.storage.v1.DeleteFragmentResponse\x12\x64\n\rListFragments\x12\'.coffer.storage.v1.ListFragmentsRequest\x1a(.coffer.storage.v1.ListFragmentsResponse0\x01\x12M\n\x06Health\x12 .coffer.storage.v1.HealthRequest\x1a!.coffer.storage.v1.HealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/storage.proto\x12\x11\x63offer.storage.v1\"\x9c\x01\n\x12PutFragmentRequest\x12\x12\n\nchunk_hash\x18\x01 \x01(\x0c\x12\x16\n\x0e\x66ragment_index\x18\x02 \x01(\r\x12\x17\n\x0fplacement_group\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x05 \x01(\r\x12\x12\n\nchunk_size\x18\x06 \x01(\x04\x12\r\n\x05\x65poch\x18\x07 \x01(\x04\"\x15\n\x13PutFragmentResponse\"Y\n\x12GetFragmentRequest\x12\x12\n\nchunk_hash\x18\x01 \x01(\x0c\x12\x16\n\x0e\x66ragment_index\x18\x02 \x01(\r\x12\x17\n\x0fplacement_group\x18\x03 \x01(\r\"I\n\x13GetFragmentResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\r\x12\x12\n\nchunk_size\x18\x03 \x01(\x04\"|\n\x15\x44\x65leteFragmentRequest\x12\x12\n\nchunk_hash\x18\x01 \x01(\x0c\x12\x16\n\x0e\x66ragment_index\x18\x02 \x01(\r\x12\x17\n\x0fplacement_group\x18\x03 \x01(\r\x12\x1e\n\x16written_before_unix_ms\x18\x04 \x01(\x04\")\n\x16\x44\x65leteFragmentResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"\xda\x01\n\x0f\x46ragmentRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x34\n\x03put\x18\x02 \x01(\x0b\x32%.coffer.storage.v1.PutFragmentRequestH\x00\x12\x34\n\x03get\x18\x03 \x01(\x0b\x32%.coffer.storage.v1.GetFragmentRequestH\x00\x12:\n\x06\x64\x65lete\x18\x04 \x01(\x0b\x32(.coffer.storage.v1.DeleteFragmentRequestH\x00\x42\x0b\n\toperation\"\x97\x02\n\x10\x46ragmentResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.coffer.storage.v1.Status\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x35\n\x03put\x18\x04 \x01(\x0b\x32&.coffer.storage.v1.PutFragmentResponseH\x00\x12\x35\n\x03get\x18\x05 \x01(\x0b\x32&.coffer.storage.v1.GetFragmentResponseH\x00\x12;\n\x06\x64\x65lete\x18\x06 \x01(\x0b\x32).coffer.storage.v1.DeleteFragmentResponseH\x00\x42\x08\n\x06result\"L\n\x14\x46ragmentRequestBatch\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".coffer.storage.v1.FragmentRequest\"O\n\x15\x46ragmentResponseBatch\x12\x36\n\tresponses\x18\x01 \x03(\x0b\x32#.coffer.storage.v1.FragmentResponse\"/\n\x14ListFragmentsRequest\x12\x17\n\x0fplacement_group\x18\x01 \x01(\r\"\x8d\x01\n\rFragmentEntry\x12\x12\n\nchunk_hash\x18\x01 \x01(\x0c\x12\x16\n\x0e\x66ragment_index\x18\x02 \x01(\r\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\r\x12\x12\n\nchunk_size\x18\x05 \x01(\x04\x12\x1a\n\x12written_at_unix_ms\x18\x06 \x01(\x04\"L\n\x15ListFragmentsResponse\x12\x33\n\tfragments\x18\x01 \x03(\x0b\x32 .coffer.storage.v1.FragmentEntry\"\x0f\n\rHealthRequest\"V\n\x0bVolumeStats\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\tfragments\x18\x02 \x01(\x04\x12\x12\n\nbytes_used\x18\x03 \x01(\x04\x12\x12\n\nbytes_free\x18\x04 \x01(\x04\"v\n\x0eHealthResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12/\n\x07volumes\x18\x02 \x03(\x0b\x32\x1e.coffer.storage.v1.VolumeStats\x12\"\n\x1a\x63orrupt_fragments_detected\x18\x03 \x01(\x04*\x7f\n\x06Status\x12\r\n\tSTATUS_OK\x10\x00\x12\x14\n\x10STATUS_NOT_FOUND\x10\x01\x12\x12\n\x0eSTATUS_CORRUPT\x10\x02\x12\x13\n\x0fSTATUS_NO_SPACE\x10\x03\x12\x12\n\x0eSTATUS_INVALID\x10\x04\x12\x13\n\x0fSTATUS_INTERNAL\x10\x05\x32\xc6\x04\n\x0bStorageNode\x12_\n\x06Stream\x12\'.coffer.storage.v1.FragmentRequestBatch\x1a(.coffer.storage.v1.FragmentResponseBatch(\x01\x30\x01\x12\\\n\x0bPutFragment\x12%.coffer.storage.v1.PutFragmentRequest\x1a&.coffer.storage.v1.PutFragmentResponse\x12\\\n\x0bGetFragment\x12%.coffer.storage.v1.GetFragmentRequest\x1a&.coffer.storage.v1.GetFragmentResponse\x12\x65\n\x0e\x44\x65leteFragment\x12(.coffer.storage.v1.DeleteFragmentRequest\x1a).coffer.storage.v1.DeleteFragmentResponse\x12\x64\n\rListFragments\x12\'.coffer.storage.v1.ListFragmentsRequest\x1a(.coffer.storage.v1.ListFragmentsResponse0\x01\x12M\n\x06Health\x12 .coffer.storage.v1.HealthRequest\x1a!.coffer.storage.v1.HealthResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.storage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATUS']._serialized_start=1656
-  _globals['_STATUS']._serialized_end=1783
+  _globals['_STATUS']._serialized_start=1717
+  _globals['_STATUS']._serialized_end=1844
   _globals['_PUTFRAGMENTREQUEST']._serialized_start=43
   _globals['_PUTFRAGMENTREQUEST']._serialized_end=199
   _globals['_PUTFRAGMENTRESPONSE']._serialized_start=201
@@ -42,29 +42,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETFRAGMENTRESPONSE']._serialized_start=315
   _globals['_GETFRAGMENTRESPONSE']._serialized_end=388
   _globals['_DELETEFRAGMENTREQUEST']._serialized_start=390
-  _globals['_DELETEFRAGMENTREQUEST']._serialized_end=482
-  _globals['_DELETEFRAGMENTRESPONSE']._serialized_start=484
-  _globals['_DELETEFRAGMENTRESPONSE']._serialized_end=525
-  _globals['_FRAGMENTREQUEST']._serialized_start=528
-  _globals['_FRAGMENTREQUEST']._serialized_end=746
-  _globals['_FRAGMENTRESPONSE']._serialized_start=749
-  _globals['_FRAGMENTRESPONSE']._serialized_end=1028
-  _globals['_FRAGMENTREQUESTBATCH']._serialized_start=1030
-  _globals['_FRAGMENTREQUESTBATCH']._serialized_end=1106
-  _globals['_FRAGMENTRESPONSEBATCH']._serialized_start=1108
-  _globals['_FRAGMENTRESPONSEBATCH']._serialized_end=1187
-  _globals['_LISTFRAGMENTSREQUEST']._serialized_start=1189
-  _globals['_LISTFRAGMENTSREQUEST']._serialized_end=1236
-  _globals['_FRAGMENTENTRY']._serialized_start=1238
-  _globals['_FRAGMENTENTRY']._serialized_end=1351
-  _globals['_LISTFRAGMENTSRESPONSE']._serialized_start=1353
-  _globals['_LISTFRAGMENTSRESPONSE']._serialized_end=1429
-  _globals['_HEALTHREQUEST']._serialized_start=1431
-  _globals['_HEALTHREQUEST']._serialized_end=1446
-  _globals['_VOLUMESTATS']._serialized_start=1448
-  _globals['_VOLUMESTATS']._serialized_end=1534
-  _globals['_HEALTHRESPONSE']._serialized_start=1536
-  _globals['_HEALTHRESPONSE']._serialized_end=1654
-  _globals['_STORAGENODE']._serialized_start=1786
-  _globals['_STORAGENODE']._serialized_end=2368
+  _globals['_DELETEFRAGMENTREQUEST']._serialized_end=514
+  _globals['_DELETEFRAGMENTRESPONSE']._serialized_start=516
+  _globals['_DELETEFRAGMENTRESPONSE']._serialized_end=557
+  _globals['_FRAGMENTREQUEST']._serialized_start=560
+  _globals['_FRAGMENTREQUEST']._serialized_end=778
+  _globals['_FRAGMENTRESPONSE']._serialized_start=781
+  _globals['_FRAGMENTRESPONSE']._serialized_end=1060
+  _globals['_FRAGMENTREQUESTBATCH']._serialized_start=1062
+  _globals['_FRAGMENTREQUESTBATCH']._serialized_end=1138
+  _globals['_FRAGMENTRESPONSEBATCH']._serialized_start=1140
+  _globals['_FRAGMENTRESPONSEBATCH']._serialized_end=1219
+  _globals['_LISTFRAGMENTSREQUEST']._serialized_start=1221
+  _globals['_LISTFRAGMENTSREQUEST']._serialized_end=1268
+  _globals['_FRAGMENTENTRY']._serialized_start=1271
+  _globals['_FRAGMENTENTRY']._serialized_end=1412
+  _globals['_LISTFRAGMENTSRESPONSE']._serialized_start=1414
+  _globals['_LISTFRAGMENTSRESPONSE']._serialized_end=1490
+  _globals['_HEALTHREQUEST']._serialized_start=1492
+  _globals['_HEALTHREQUEST']._serialized_end=1507
+  _globals['_VOLUMESTATS']._serialized_start=1509
+  _globals['_VOLUMESTATS']._serialized_end=1595
+  _globals['_HEALTHRESPONSE']._serialized_start=1597
+  _globals['_HEALTHRESPONSE']._serialized_end=1715
+  _globals['_STORAGENODE']._serialized_start=1847
+  _globals['_STORAGENODE']._serialized_end=2429
 # @@protoc_insertion_point(module_scope)

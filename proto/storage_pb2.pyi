@@ -65,14 +65,16 @@ class GetFragmentResponse(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., checksum: _Optional[int] = ..., chunk_size: _Optional[int] = ...) -> None: ...
 
 class DeleteFragmentRequest(_message.Message):
-    __slots__ = ("chunk_hash", "fragment_index", "placement_group")
+    __slots__ = ("chunk_hash", "fragment_index", "placement_group", "written_before_unix_ms")
     CHUNK_HASH_FIELD_NUMBER: _ClassVar[int]
     FRAGMENT_INDEX_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_GROUP_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_BEFORE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     chunk_hash: bytes
     fragment_index: int
     placement_group: int
-    def __init__(self, chunk_hash: _Optional[bytes] = ..., fragment_index: _Optional[int] = ..., placement_group: _Optional[int] = ...) -> None: ...
+    written_before_unix_ms: int
+    def __init__(self, chunk_hash: _Optional[bytes] = ..., fragment_index: _Optional[int] = ..., placement_group: _Optional[int] = ..., written_before_unix_ms: _Optional[int] = ...) -> None: ...
 
 class DeleteFragmentResponse(_message.Message):
     __slots__ = ("existed",)
@@ -127,18 +129,20 @@ class ListFragmentsRequest(_message.Message):
     def __init__(self, placement_group: _Optional[int] = ...) -> None: ...
 
 class FragmentEntry(_message.Message):
-    __slots__ = ("chunk_hash", "fragment_index", "length", "checksum", "chunk_size")
+    __slots__ = ("chunk_hash", "fragment_index", "length", "checksum", "chunk_size", "written_at_unix_ms")
     CHUNK_HASH_FIELD_NUMBER: _ClassVar[int]
     FRAGMENT_INDEX_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     chunk_hash: bytes
     fragment_index: int
     length: int
     checksum: int
     chunk_size: int
-    def __init__(self, chunk_hash: _Optional[bytes] = ..., fragment_index: _Optional[int] = ..., length: _Optional[int] = ..., checksum: _Optional[int] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+    written_at_unix_ms: int
+    def __init__(self, chunk_hash: _Optional[bytes] = ..., fragment_index: _Optional[int] = ..., length: _Optional[int] = ..., checksum: _Optional[int] = ..., chunk_size: _Optional[int] = ..., written_at_unix_ms: _Optional[int] = ...) -> None: ...
 
 class ListFragmentsResponse(_message.Message):
     __slots__ = ("fragments",)

@@ -24,13 +24,16 @@ class StoredFragment:
 
 @dataclass(frozen=True, slots=True)
 class FragmentEntry:
-    """One fragment in a placement-group listing: ``length`` bytes of data with CRC32C ``checksum``."""
+    """One fragment in a placement-group listing: ``length`` bytes of data with CRC32C ``checksum``;
+    ``written_at_ms`` is when the node stored it (Unix milliseconds, 0 when the record predates
+    format 3 and carries no write time)."""
 
     chunk_hash: bytes
     index: int
     length: int
     checksum: int
     chunk_size: int
+    written_at_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
