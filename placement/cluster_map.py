@@ -62,7 +62,9 @@ class Node:
 
     ``address`` is the ``host:port`` of its StorageNode gRPC service; ``capacity_bytes`` its total
     volume capacity in bytes; ``state_since`` the wall-clock time (Unix seconds) it entered
-    ``state``, used for the down-out interval.
+    ``state``, used for the down-out interval. ``draining``: an operator asked to empty the node
+    (``placement.drain``); it keeps serving in any state, but placement gives it no positions
+    while the rest of the cluster can hold every stripe without it.
     """
 
     node_id: str
@@ -71,6 +73,7 @@ class Node:
     capacity_bytes: int
     state: NodeState
     state_since: float = 0.0
+    draining: bool = False
 
 
 def node_from_registration(
@@ -215,6 +218,7 @@ class ClusterMap:
                     capacity_bytes=node.capacity_bytes,
                     state=_STATE_TO_PROTO[node.state],
                     state_since_unix_ms=round(node.state_since * 1000),
+                    draining=node.draining,
                 )
             )
         for acting, former in zip(self.acting_sets, self.former_positions, strict=True):
@@ -260,6 +264,7 @@ class ClusterMap:
                 capacity_bytes=int(item.capacity_bytes),
                 state=_STATE_FROM_PROTO[item.state],
                 state_since=item.state_since_unix_ms / 1000.0,
+                draining=item.draining,
             )
         return cls(
             epoch=int(record.epoch),

@@ -5,6 +5,7 @@
 | ``<prefix>nodes/<node_id>`` | ``NodeRegistration`` (bound to the node's lease) |
 | ``<prefix>map`` | ``ClusterMap`` (written by the active placement service only) |
 | ``<prefix>placement/leader`` | ``<instance_id>#<token>`` (bound to the leader's lease) |
+| ``<prefix>drain/<node_id>`` | request to drain the node (UTF-8 Unix seconds of the request) |
 | ``<prefix>repair/...`` | reserved for the repair queue |
 | ``<prefix>config`` | reserved for cluster-wide settings |
 """
@@ -64,6 +65,31 @@ class ClusterKeys:
     def placement_leader(self) -> str:
         """Key the placement services campaign for (held by the leader's lease)."""
         return f"{self.prefix}placement/leader"
+
+    @property
+    def drains_prefix(self) -> str:
+        """Prefix of every drain request key."""
+        return f"{self.prefix}drain/"
+
+    def drain(self, node_id: str) -> str:
+        """Drain request key of ``node_id``.
+
+        Raises:
+            ValueError: if ``node_id`` is empty or contains ``/``.
+        """
+        if not node_id or "/" in node_id:
+            raise ValueError(f"invalid node id {node_id!r}")
+        return f"{self.drains_prefix}{node_id}"
+
+    def drained_node_id_of(self, key: str) -> str:
+        """Node id named by a drain request key.
+
+        Raises:
+            ValueError: if ``key`` is not a drain request key of this cluster.
+        """
+        if not key.startswith(self.drains_prefix) or len(key) == len(self.drains_prefix):
+            raise ValueError(f"not a drain request key: {key!r}")
+        return key[len(self.drains_prefix):]
 
     @property
     def repair_prefix(self) -> str:

@@ -1,7 +1,7 @@
 """Deterministic placement of stripes: rendezvous hashing under the failure-domain rule.
 
-Pure functions, no I/O. Each placement group ranks every eligible node (not OUT; DOWN nodes stay
-eligible until they are OUT) by a stable hash of ``(pg, node_id)`` — rendezvous or
+Pure functions, no I/O. Each placement group ranks every eligible node (not OUT and not draining;
+DOWN nodes stay eligible until they are OUT) by a stable hash of ``(pg, node_id)`` — rendezvous or
 highest-random-weight hashing (Thaler & Ravishankar, "Using name-based mappings to increase hit
 rates", IEEE/ACM ToN 1998) — and takes the best ``width`` nodes that keep two caps:
 
@@ -15,7 +15,7 @@ rates", IEEE/ACM ToN 1998) — and takes the best ``width`` nodes that keep two 
   full stripe still fits (1 when there are at least ``width`` hosts).
 
 When a previous map is given, a node keeps its position while it stays chosen, and a node that left
-a stripe (OUT, or outranked) is remembered with the position it held (``former_positions``): when
+a stripe (OUT, draining, or outranked) is remembered with the position it held (``former_positions``): when
 it is chosen again it gets that position back, so the fragments it still stores are the right ones.
 
 Domains nest (a host lies in one rack, a rack in one zone), so these caps form a laminar matroid:
@@ -105,8 +105,10 @@ def rendezvous_score(pg: int, node_id: str) -> int:
 
 
 def _eligible(nodes: Mapping[str, Node] | Iterable[Node]) -> list[Node]:
+    """Nodes that may hold positions: not OUT and not draining, sorted by node id."""
     values = nodes.values() if isinstance(nodes, Mapping) else nodes
-    return sorted((n for n in values if n.state != NodeState.OUT), key=lambda n: n.node_id)
+    return sorted((n for n in values if n.state != NodeState.OUT and not n.draining),
+                  key=lambda n: n.node_id)
 
 
 def _select(ranked: Sequence[Node], rules: PlacementRules) -> list[Node]:
@@ -133,7 +135,8 @@ def rule_level(
     max_per_domain: int = PARITY_FRAGMENTS,
 ) -> str | None:
     """Return the level the failure-domain rule applies at: the outermost of ``LEVELS`` with at least
-    ``ceil(width / max_per_domain)`` domains among the eligible (not OUT) nodes; None if none has."""
+    ``ceil(width / max_per_domain)`` domains among the eligible (not OUT, not draining) nodes; None
+    if none has."""
     eligible = _eligible(nodes)
     min_domains = math.ceil(width / max_per_domain)
     for level in LEVELS:
@@ -247,7 +250,8 @@ def compute_acting_set(
 ) -> tuple[str, ...]:
     """Return the acting set (``width`` distinct node ids, fragment ``i`` on element ``i``) of ``pg``.
 
-    ``nodes``: a node-id -> ``Node`` mapping or an iterable of ``Node``; OUT nodes are skipped.
+    ``nodes``: a node-id -> ``Node`` mapping or an iterable of ``Node``; OUT and draining nodes are
+    skipped.
     Deterministic: the same nodes give the same answer in every process.
 
     Raises:

@@ -8,7 +8,10 @@ registrations and turns them into map changes (``next_cluster_map``, a pure func
 * a new registration -> the node is UP and acting sets are recomputed;
 * a registration gone (lease lapsed) -> DOWN; it stays in its acting sets;
 * back again -> UP (an OUT node coming back is placed anew);
-* DOWN for ``down_out_interval`` seconds -> OUT, and acting sets are recomputed without it.
+* DOWN for ``down_out_interval`` seconds -> OUT, and acting sets are recomputed without it;
+* a drain request (``<prefix>drain/<node_id>``, ``placement.drain``) -> the node is ``draining`` and
+  acting sets are recomputed without it (it stays UP and serving while new holders copy from it);
+  if the other nodes cannot hold every stripe under the rule, the drain is blocked (logged).
 
 When the nodes cannot be placed under the failure-domain rule (``rendezvous.placement_rules``), the
 first map is not published and later maps keep the previous acting sets; an error tells the
@@ -39,6 +42,7 @@ from prometheus_client import Gauge
 
 from common.layout import DEFAULT_PG_COUNT
 from placement.cluster_map import ClusterMap, Node, NodeState, node_from_registration
+from placement.drain import drain_requests
 from placement.etcd import EtcdClient, EtcdUnavailable, KeyValue, cancel_and_wait
 from placement.keys import DEFAULT_PREFIX, ClusterKeys
 from placement.registration import REGISTRATION_FORMAT_VERSION, refresh_schedule
@@ -49,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 EPOCH_GAUGE = Gauge("coffer_placement_epoch", "Epoch of the cluster map the leader last read or published")
 NODES_GAUGE = Gauge("coffer_placement_nodes", "Nodes in the published cluster map, by state", ["state"])
+DRAINING_GAUGE = Gauge("coffer_placement_draining_nodes", "Nodes flagged draining in the published cluster map")
 IS_LEADER_GAUGE = Gauge("coffer_placement_is_leader", "1 while this placement service is the leader")
 RULE_SATISFIED_GAUGE = Gauge(
     "coffer_placement_rule_satisfied",
@@ -72,6 +77,7 @@ def next_cluster_map(
     pg_count: int = DEFAULT_PG_COUNT,
     down_out_interval: float = 600.0,
     min_nodes: int = 14,
+    drains: frozenset[str] = frozenset(),
 ) -> ClusterMap | None:
     """Return the map that should follow ``current`` given the live ``registrations``, or None
     when nothing changes. Pure.
@@ -83,18 +89,22 @@ def next_cluster_map(
     If marking nodes OUT would leave no valid placement, they stay DOWN; if no valid placement
     exists at all (e.g. a new zone made the rule apply at zone level, where the zones are too
     uneven), the previous acting sets are kept. Both cases log an error naming what to add.
+    ``drains``: ids of nodes with a drain request (``placement.drain``); they are flagged
+    ``draining`` and get no positions, their positions moving to other nodes (recorded in
+    ``former_positions``, so new holders copy from them). If the others cannot hold every stripe
+    under the rule, draining nodes stay eligible (the drain is blocked; an error says to add nodes).
     """
     if current is None:
         if len(registrations) < min_nodes:
             return None
         nodes = {
-            node_id: node_from_registration(reg, NodeState.UP, now) for node_id, reg in registrations.items()
+            node_id: replace(node_from_registration(reg, NodeState.UP, now), draining=node_id in drains)
+            for node_id, reg in registrations.items()
         }
-        try:
-            first = compute_placement(pg_count, nodes)
-        except InsufficientNodes as error:
+        first = _place_honouring_drains(pg_count, nodes, None)
+        if first is None:
             logger.error("cannot publish the first cluster map: the failure-domain rule cannot be met",
-                         extra={"fields": {"error": str(error)}})
+                         extra={"fields": {"error": _placement_error(pg_count, nodes)}})
             return None
         return ClusterMap(epoch=1, pg_count=pg_count, nodes=nodes, acting_sets=first.acting_sets,
                           former_positions=first.former_positions, published_at=now)
@@ -111,7 +121,7 @@ def next_cluster_map(
         if old.state == NodeState.OUT or old.failure_domain != fresh.failure_domain:
             placement_changed = True
         since = old.state_since if old.state == NodeState.UP else now
-        nodes[node_id] = replace(fresh, state_since=since)
+        nodes[node_id] = replace(fresh, state_since=since, draining=old.draining)
     newly_out: list[str] = []
     for node_id, node in current.nodes.items():
         if node_id in registrations:
@@ -123,25 +133,26 @@ def next_cluster_map(
             newly_out.append(node_id)
             placement_changed = True
 
+    for node_id, node in nodes.items():
+        draining = node_id in drains
+        if node.draining != draining:
+            nodes[node_id] = replace(node, draining=draining)
+            placement_changed = True
+
     acting_sets, former_positions = current.acting_sets, current.former_positions
     if placement_changed:
-        placement: Placement | None
-        try:
-            placement = compute_placement(current.pg_count, nodes, previous=current)
-        except InsufficientNodes as error:
+        placement = _place_honouring_drains(current.pg_count, nodes, current)
+        if placement is None and newly_out:
             # Keep the nodes DOWN (still holding their fragments) rather than lose placements.
-            if newly_out:
-                logger.error("placement impossible, keeping nodes down",
-                             extra={"fields": {"error": str(error), "nodes": ",".join(newly_out)}})
+            logger.error("placement impossible, keeping nodes down", extra={"fields": {
+                "error": _placement_error(current.pg_count, nodes), "nodes": ",".join(newly_out)}})
             for node_id in newly_out:
                 nodes[node_id] = current.nodes[node_id]
-            try:
-                placement = compute_placement(current.pg_count, nodes, previous=current)
-            except InsufficientNodes as still:
-                # Never publish a placement that breaks the rule: keep the previous acting sets.
-                logger.error("failure-domain rule cannot be met, keeping the previous acting sets",
-                             extra={"fields": {"error": str(still)}})
-                placement = None
+            placement = _place_honouring_drains(current.pg_count, nodes, current)
+        if placement is None:
+            # Never publish a placement that breaks the rule: keep the previous acting sets.
+            logger.error("failure-domain rule cannot be met, keeping the previous acting sets",
+                         extra={"fields": {"error": _placement_error(current.pg_count, nodes)}})
         if placement is not None:
             acting_sets, former_positions = placement.acting_sets, placement.former_positions
     if nodes == dict(current.nodes) and acting_sets == current.acting_sets:
@@ -156,6 +167,40 @@ def next_cluster_map(
         published_at=now,
         former_positions=former_positions,
     )
+
+
+def _without_drains(nodes: Mapping[str, Node]) -> dict[str, Node]:
+    """``nodes`` with every draining flag cleared (placement then treats them as eligible)."""
+    return {node_id: replace(node, draining=False) if node.draining else node for node_id, node in nodes.items()}
+
+
+def _place_honouring_drains(pg_count: int, nodes: Mapping[str, Node],
+                            previous: ClusterMap | None) -> Placement | None:
+    """Place without the draining nodes; if that is impossible, with them (the drain is blocked,
+    logged as an error); None if no valid placement exists either way."""
+    try:
+        return compute_placement(pg_count, nodes, previous=previous)
+    except InsufficientNodes as error:
+        draining = sorted(node_id for node_id, node in nodes.items() if node.draining)
+        if not draining:
+            return None
+        try:
+            placement = compute_placement(pg_count, _without_drains(nodes), previous=previous)
+        except InsufficientNodes:
+            return None
+        logger.error("drain blocked until nodes are added: without the draining nodes no placement meets "
+                     "the failure-domain rule, so they keep their positions",
+                     extra={"fields": {"nodes": ",".join(draining), "error": str(error)}})
+        return placement
+
+
+def _placement_error(pg_count: int, nodes: Mapping[str, Node]) -> str:
+    """Why ``nodes`` cannot be placed even with draining nodes eligible ("" if they can)."""
+    try:
+        compute_placement(1, _without_drains(nodes))  # the rules fail before any per-PG work
+    except InsufficientNodes as error:
+        return str(error)
+    return ""
 
 
 def parse_registrations(kvs: list[KeyValue], keys: ClusterKeys) -> dict[str, cluster_pb2.NodeRegistration]:
@@ -325,7 +370,8 @@ class PlacementService:
 
     async def _lead(self) -> None:
         wake = asyncio.Event()
-        watcher = asyncio.create_task(self._watch_registrations(wake))
+        watchers = [asyncio.create_task(self._watch_prefix(prefix, wake))
+                    for prefix in (self._keys.nodes_prefix, self._keys.drains_prefix)]
         try:
             while True:
                 wake.clear()
@@ -336,22 +382,23 @@ class PlacementService:
                     async with asyncio.timeout(delay):
                         await wake.wait()
         finally:
-            await cancel_and_wait(watcher)
+            for watcher in watchers:
+                await cancel_and_wait(watcher)
 
-    async def _watch_registrations(self, wake: asyncio.Event) -> None:
+    async def _watch_prefix(self, prefix: str, wake: asyncio.Event) -> None:
+        """Set ``wake`` on every change under ``prefix`` (node registrations, drain requests)."""
         while True:
             try:
-                _, revision = await self._etcd.get_prefix(self._keys.nodes_prefix)
+                _, revision = await self._etcd.get_prefix(prefix)
                 wake.set()
-                async for _event in self._etcd.watch(self._keys.nodes_prefix, prefix=True,
-                                                     start_revision=revision + 1):
+                async for _event in self._etcd.watch(prefix, prefix=True, start_revision=revision + 1):
                     wake.set()
             except EtcdUnavailable as error:
-                logger.debug("registration watch interrupted", extra={"fields": {"error": str(error)}})
+                logger.debug("watch interrupted", extra={"fields": {"prefix": prefix, "error": str(error)}})
             except Exception:
                 # Never end silently: without this watch the leader would only notice changes at
                 # the next poll. Log, back off, watch again.
-                logger.exception("registration watch failed")
+                logger.exception("watch failed", extra={"fields": {"prefix": prefix}})
             await asyncio.sleep(_RETRY_SECONDS)
 
     async def _reconcile(self) -> float:
@@ -359,6 +406,7 @@ class PlacementService:
         next check is due (the earliest down-out deadline, at most ``poll_interval``)."""
         kvs, _ = await self._etcd.get_prefix(self._keys.nodes_prefix)
         registrations = parse_registrations(kvs, self._keys)
+        drains = await drain_requests(self._etcd, prefix=self._keys.prefix)
         stored = await self._etcd.get(self._keys.map)
         current: ClusterMap | None = None
         if stored is not None:
@@ -375,7 +423,7 @@ class PlacementService:
         now = time.time()
         proposed = await asyncio.to_thread(
             next_cluster_map, current, registrations, now, pg_count=self._pg_count,
-            down_out_interval=self._down_out_interval, min_nodes=self._min_nodes,
+            down_out_interval=self._down_out_interval, min_nodes=self._min_nodes, drains=drains,
         )
         if proposed is not None:
             published = await self._etcd.compare_and_swap(
@@ -391,10 +439,12 @@ class PlacementService:
             logger.info("published cluster map", extra={"fields": {
                 "epoch": proposed.epoch, "up": len(proposed.nodes_in_state(NodeState.UP)),
                 "down": len(proposed.nodes_in_state(NodeState.DOWN)),
-                "out": len(proposed.nodes_in_state(NodeState.OUT))}})
+                "out": len(proposed.nodes_in_state(NodeState.OUT)),
+                "draining": ",".join(sorted(n for n, node in proposed.nodes.items() if node.draining))}})
             current = proposed
+        # Whether placement is possible at all: a blocked drain is logged by next_cluster_map.
         self._record_rule_status(
-            current.nodes if current is not None
+            _without_drains(current.nodes) if current is not None
             else {node_id: node_from_registration(reg, NodeState.UP, now) for node_id, reg in registrations.items()}
         )
         if current is None:
@@ -426,6 +476,7 @@ class PlacementService:
         EPOCH_GAUGE.set(current.epoch)
         for state in NodeState:
             NODES_GAUGE.labels(state=state.value).set(len(current.nodes_in_state(state)))
+        DRAINING_GAUGE.set(sum(1 for node in current.nodes.values() if node.draining))
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

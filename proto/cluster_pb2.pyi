@@ -49,20 +49,22 @@ class NodeRegistration(_message.Message):
     def __init__(self, format_version: _Optional[int] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ..., failure_domain: _Optional[_Union[FailureDomain, _Mapping]] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., volumes: _Optional[_Iterable[str]] = ..., metrics_address: _Optional[str] = ...) -> None: ...
 
 class NodeRecord(_message.Message):
-    __slots__ = ("node_id", "address", "failure_domain", "capacity_bytes", "state", "state_since_unix_ms")
+    __slots__ = ("node_id", "address", "failure_domain", "capacity_bytes", "state", "state_since_unix_ms", "draining")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     FAILURE_DOMAIN_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_SINCE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     failure_domain: FailureDomain
     capacity_bytes: int
     state: NodeState
     state_since_unix_ms: int
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., failure_domain: _Optional[_Union[FailureDomain, _Mapping]] = ..., capacity_bytes: _Optional[int] = ..., state: _Optional[_Union[NodeState, str]] = ..., state_since_unix_ms: _Optional[int] = ...) -> None: ...
+    draining: bool
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., failure_domain: _Optional[_Union[FailureDomain, _Mapping]] = ..., capacity_bytes: _Optional[int] = ..., state: _Optional[_Union[NodeState, str]] = ..., state_since_unix_ms: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class FormerPosition(_message.Message):
     __slots__ = ("node_id", "position")
