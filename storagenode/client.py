@@ -400,14 +400,19 @@ class StorageNodeClient:
                                   "on arrival")
         return data
 
-    async def delete_fragment(self, chunk_hash: bytes, index: int, pg: int) -> bool:
-        """Delete a fragment; returns whether the node held it.
+    async def delete_fragment(self, chunk_hash: bytes, index: int, pg: int, written_before_ms: int = 0) -> bool:
+        """Delete a fragment; returns whether the node deleted a record.
+
+        ``written_before_ms`` 0 deletes unconditionally; otherwise (Unix ms, the node's clock) the
+        node deletes only a record written before that time and keeps (returning False) one
+        written at or after it, e.g. written again after garbage collection decided to delete.
 
         Raises:
             NodeUnavailable / InvalidFragment / StorageError: as for ``put_fragment``.
         """
         request = storage_pb2.FragmentRequest(delete=storage_pb2.DeleteFragmentRequest(
             chunk_hash=chunk_hash, fragment_index=index, placement_group=pg,
+            written_before_unix_ms=written_before_ms,
         ))
         return (await self._exchange(WRITE_LANE, _serializer(request))).existed
 
@@ -464,7 +469,8 @@ class StorageNodeClient:
     # -- listing and health ---------------------------------------------------------------------
 
     async def list_fragments(self, pg: int) -> list[FragmentEntry]:
-        """Every fragment the node holds for placement group ``pg``.
+        """Every fragment the node holds for placement group ``pg``, each with the time the node
+        stored it (``written_at_ms``, Unix ms; 0 for records older than format 3).
 
         Raises:
             NodeUnavailable: no complete answer within the timeout, or the connection failed.
@@ -480,7 +486,8 @@ class StorageNodeClient:
             async for batch in call:
                 entries.extend(
                     FragmentEntry(chunk_hash=entry.chunk_hash, index=entry.fragment_index,
-                                  length=entry.length, checksum=entry.checksum, chunk_size=entry.chunk_size)
+                                  length=entry.length, checksum=entry.checksum, chunk_size=entry.chunk_size,
+                                  written_at_ms=entry.written_at_unix_ms)
                     for entry in batch.fragments
                 )
         except grpc.aio.AioRpcError as exc:

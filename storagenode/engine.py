@@ -7,13 +7,21 @@ Record layout (docs/architecture.md, storagenode section):
 * key: ``placement group (4 bytes, big-endian) + chunk hash (32 bytes) + fragment index (1 byte)``,
   so one placement group is one contiguous key range;
 * header, in the ``fragment_headers`` column family: ``format_version u8, crc32c u32, length u64,
-  chunk_size u64`` (big-endian, packed, 21 bytes);
-* value, in the default column family: the fragment bytes alone (format version 2).
+  chunk_size u64, written_at_ms u64`` (big-endian, packed, 29 bytes; format version 3);
+* value, in the default column family: the fragment bytes alone.
 
 Both are written in one atomic batch. Keeping the data bare spares a put the 420 KB copy that
 prepending the header would take and a get the copy of slicing it off; listing a placement group
-reads only the small headers. Format version 1 (still read, never written) stored the header in
-front of the data in the default column family as well.
+reads only the small headers. ``written_at_ms`` is when the node stored the record (Unix
+milliseconds, issued ``max(now, last issued + 1)`` per engine and put_many call, so a rewrite of a
+key always gets a later time): garbage collection deletes conditionally on it
+(``delete(..., written_before_ms)``). Formats 1 and 2 (still read, never written; write time 0)
+had the 21-byte header without ``written_at_ms``; format 1 also stored a copy of it in front of
+the data in the default column family.
+
+Each volume has a write lock held around every ``db.write``: a conditional delete (or a
+quarantine) checks the header and deletes under it, so no put of the same key can land between
+the check and the delete.
 
 The volume of a fragment is ``int.from_bytes(chunk_hash[8:16], "big") % len(volumes)`` (bytes 0..7
 already pick the placement group). Writes use a synced WAL (``WriteOptions.sync``) so a put has
@@ -42,16 +50,20 @@ from storagenode.records import FragmentEntry, StoredFragment, VolumeStats
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Version 1 records carry a copy of their header in front of the data in the default column family.
 _FORMAT_VERSION_HEADER_IN_VALUE = 1
-HEADER = struct.Struct(">BIQQ")  # format_version, crc32c, length, chunk_size
+_FORMAT_VERSION_BARE_DATA = 2
+HEADER = struct.Struct(">BIQQQ")  # format_version (3), crc32c, length, chunk_size, written_at_ms
+LEGACY_HEADER = struct.Struct(">BIQQ")  # formats 1 and 2: format_version, crc32c, length, chunk_size
 KEY_BYTES = 4 + CHUNK_HASH_BYTES + 1
 HEADERS_COLUMN_FAMILY = "fragment_headers"
 DEFAULT_MIN_FREE_BYTES = 64 * 1024 * 1024
 # statvfs per batch is a syscall per fragment on a lightly loaded node; free space is re-read at
 # most this often and the bytes written since are subtracted in between.
 FREE_SPACE_REFRESH_SECONDS = 1.0
+#: Header records ``list_all`` reads per engine call.
+LIST_ALL_PAGE = 1024
 _MAX_PLACEMENT_GROUP = 2**32 - 1
 _MAX_U64 = 2**64 - 1
 _MAX_U32 = 2**32 - 1
@@ -138,6 +150,9 @@ class _Volume:
         self.db = Rdict(path, _volume_options(), column_families={HEADERS_COLUMN_FAMILY: _headers_options()})
         self.headers = self.db.get_column_family(HEADERS_COLUMN_FAMILY)
         self.headers_handle = self.db.get_column_family_handle(HEADERS_COLUMN_FAMILY)
+        # Held around every write to this volume, so a check-then-delete under it is atomic with
+        # respect to puts of the same key (RocksDB serialises writes to one database anyway).
+        self.write_lock = threading.Lock()
         self._free_lock = threading.Lock()
         self._free_bytes = 0
         self._free_checked_at = -FREE_SPACE_REFRESH_SECONDS  # monotonic seconds; forces a first read
@@ -194,7 +209,14 @@ class FragmentEngine:
         # ~420 KB value on read costs ~0.8 CPU-s/GB more and catches nothing extra that matters.
         self._fragment_reads = ReadOptions()
         self._fragment_reads.set_verify_checksums(False)
+        # Scrub reads check RocksDB's checksums too (they also cover the blob record framing) and
+        # stay out of the block cache, which serves client reads.
+        self._verify_reads = ReadOptions()
+        self._verify_reads.set_verify_checksums(True)
+        self._verify_reads.fill_cache(False)  # type: ignore[call-arg]  # the stub omits the argument
         self._corrupt_detected = 0
+        self._clock_lock = threading.Lock()
+        self._last_written_at_ms = 0
         # Close must wait for calls running in other threads: RocksDB handles die with close().
         self._gate = threading.Condition()
         self._active_calls = 0
@@ -253,12 +275,23 @@ class FragmentEngine:
         finally:
             self._exit()
 
+    def _next_write_time(self) -> int:
+        """A write time (Unix ms) later than every one issued before by this engine."""
+        now_ms = time.time_ns() // 1_000_000
+        with self._clock_lock:
+            written_at_ms = max(now_ms, self._last_written_at_ms + 1)
+            self._last_written_at_ms = written_at_ms
+        return written_at_ms
+
     def _put_many(self, fragments: Sequence[FragmentWrite]) -> list[StorageError | None]:
         results: list[StorageError | None] = [None] * len(fragments)
         batches: dict[int, tuple[WriteBatch, list[int], int]] = {}
+        # One write time per call, not per fragment: per fragment, a busy node's times would run
+        # ahead of the clock by a millisecond per fragment.
+        written_at_ms = self._next_write_time()
         for position, fragment in enumerate(fragments):
             try:
-                key, header = self._encode(fragment)
+                key, header = self._encode(fragment, written_at_ms)
             except StorageError as exc:
                 results[position] = exc
                 continue
@@ -280,8 +313,8 @@ class FragmentEngine:
                     results[position] = error
         return results
 
-    def _encode(self, fragment: FragmentWrite) -> tuple[bytes, bytes]:
-        """Validate ``fragment``; return its key and its header record."""
+    def _encode(self, fragment: FragmentWrite, written_at_ms: int) -> tuple[bytes, bytes]:
+        """Validate ``fragment``; return its key and its (format 3) header record."""
         key = fragment_key(fragment.chunk_hash, fragment.index, fragment.pg)
         if not 0 <= fragment.chunk_size <= _MAX_U64:
             raise InvalidFragment(f"chunk size must be a u64, got {fragment.chunk_size}")
@@ -291,7 +324,7 @@ class FragmentEngine:
                 f"fragment {fragment.chunk_hash.hex()}/{fragment.index}: CRC32C of data is {actual:#010x}, "
                 f"sender said {fragment.checksum & _MAX_U32:#010x}"
             )
-        return key, HEADER.pack(FORMAT_VERSION, actual, len(fragment.data), fragment.chunk_size)
+        return key, HEADER.pack(FORMAT_VERSION, actual, len(fragment.data), fragment.chunk_size, written_at_ms)
 
     def _write_batch(self, volume: _Volume, batch: WriteBatch, size: int) -> StorageError | None:
         try:
@@ -301,7 +334,8 @@ class FragmentEngine:
         if free - size < self._min_free_bytes:
             return StorageFull(f"volume {volume.path} has {free} bytes free, keeps {self._min_free_bytes}")
         try:
-            volume.db.write(batch, self._sync_writes)
+            with volume.write_lock:
+                volume.db.write(batch, self._sync_writes)
         except Exception as exc:
             if "space" in str(exc).lower():
                 return StorageFull(f"volume {volume.path}: {exc}")
@@ -310,8 +344,50 @@ class FragmentEngine:
         volume.wrote(size)
         return None
 
-    def delete(self, chunk_hash: bytes, index: int, pg: int) -> bool:
-        """Remove a fragment durably (synced WAL). Returns whether it existed.
+    def delete(self, chunk_hash: bytes, index: int, pg: int, written_before_ms: int = 0) -> bool:
+        """Remove a fragment durably (synced WAL). Returns whether a record was deleted.
+
+        ``written_before_ms`` 0 deletes unconditionally. Otherwise (Unix ms, this node's clock) only
+        a record written before that time is deleted; a newer one is kept and False returned.
+        Records of formats 1 and 2 carry no write time and count as old. Check and delete happen
+        under the volume's write lock, so a put of the same key lands either before the check (and
+        is kept if new) or after the delete.
+
+        Raises:
+            InvalidFragment: malformed key fields or a negative ``written_before_ms``.
+            StorageError: the engine is closed or RocksDB failed.
+        """
+        key = fragment_key(chunk_hash, index, pg)
+        if written_before_ms < 0:
+            raise InvalidFragment(f"written_before_ms must not be negative, got {written_before_ms}")
+        volume = self._volumes[self.volume_index(chunk_hash)]
+        self._enter()
+        try:
+            with volume.write_lock:
+                header = volume.headers.get(key)
+                if header is not None and written_before_ms > 0 and _written_at_ms(header) >= written_before_ms:
+                    return False
+                self._delete_record(volume, key)
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"volume {volume.path}: delete failed: {exc}") from exc
+        finally:
+            self._exit()
+        return header is not None
+
+    def _delete_record(self, volume: _Volume, key: bytes) -> None:
+        """Delete data and header of ``key`` in one synced batch; caller holds the write lock."""
+        batch = WriteBatch(raw_mode=True)
+        batch.delete(key)
+        batch.delete(key, volume.headers_handle)
+        volume.db.write(batch, self._sync_writes)
+
+    def quarantine(self, chunk_hash: bytes, index: int, pg: int) -> bool:
+        """Remove a corrupt fragment (data and header, one synced batch) after re-verifying, under
+        the volume's write lock, that it is still bad. Returns True if it was removed; False if it
+        is gone or now checks out (rewritten meanwhile). Repair then finds the position missing and
+        rebuilds it. Logged at warning level.
 
         Raises:
             InvalidFragment: malformed key fields.
@@ -321,16 +397,23 @@ class FragmentEngine:
         volume = self._volumes[self.volume_index(chunk_hash)]
         self._enter()
         try:
-            existed = volume.headers.get(key) is not None
-            batch = WriteBatch(raw_mode=True)
-            batch.delete(key)
-            batch.delete(key, volume.headers_handle)
-            volume.db.write(batch, self._sync_writes)
+            with volume.write_lock:
+                problem = self._verify_record(volume, key)
+                if problem is None:
+                    return False
+                self._delete_record(volume, key)
+        except StorageError:
+            raise
         except Exception as exc:
-            raise StorageError(f"volume {volume.path}: delete failed: {exc}") from exc
+            raise StorageError(f"volume {volume.path}: quarantine failed: {exc}") from exc
         finally:
             self._exit()
-        return existed
+        logger.warning(
+            "corrupt fragment removed",
+            extra={"fields": {"chunk_hash": chunk_hash.hex(), "index": index, "pg": pg, "volume": volume.path,
+                              "problem": problem}},
+        )
+        return True
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -366,9 +449,9 @@ class FragmentEngine:
             self._report_corrupt(volume.path, chunk_hash, index, problem)
             raise FragmentCorrupt(f"fragment {chunk_hash.hex()}/{index}: {problem}")
         assert value is not None  # _check_record reports a missing value
-        version, checksum, _length, chunk_size = HEADER.unpack(header)
+        version, checksum, _length, chunk_size, _written_at_ms = _unpack_header(header)
         if version == _FORMAT_VERSION_HEADER_IN_VALUE:
-            value = value[HEADER.size :]
+            value = value[LEGACY_HEADER.size :]
         return StoredFragment(data=value, checksum=checksum, chunk_size=chunk_size)
 
     def _read_record(self, volume: _Volume, key: bytes) -> tuple[bytes | None, bytes | None]:
@@ -393,6 +476,8 @@ class FragmentEngine:
         """Every fragment of placement group ``pg`` on this node, volume by volume, each in key order.
 
         Reads only the ``fragment_headers`` column family (no fragment data, no CRC check).
+        ``written_at_ms`` is 0 for records of formats 1 and 2; malformed headers are logged and
+        left out.
 
         Raises:
             InvalidFragment: ``pg`` outside the u32 range.
@@ -410,14 +495,9 @@ class FragmentEngine:
                 if pg < _MAX_PLACEMENT_GROUP:
                     read_options.set_iterate_upper_bound((pg + 1).to_bytes(4, "big"))
                 for raw_key, raw_header in volume.headers.items(from_key=lower, read_opt=read_options):
-                    key, header = bytes(raw_key), bytes(raw_header)  # type: ignore[arg-type]  # raw mode
-                    if len(key) != KEY_BYTES or len(header) != HEADER.size:
-                        logger.error("malformed header record", extra={"fields": {"volume": volume.path,
-                                                                                     "key": key.hex()}})
-                        continue
-                    _version, checksum, length, chunk_size = HEADER.unpack(header)
-                    entries.append(FragmentEntry(chunk_hash=key[4:-1], index=key[-1], length=length,
-                                                 checksum=checksum, chunk_size=chunk_size))
+                    listed = _entry_of(volume.path, bytes(raw_key), bytes(raw_header))  # type: ignore[arg-type]
+                    if listed is not None and listed[1] is not None:
+                        entries.append(listed[1])
         except StorageError:
             raise
         except Exception as exc:
@@ -425,6 +505,91 @@ class FragmentEngine:
         finally:
             self._exit()
         return iter(entries)
+
+    def list_all(self) -> Iterator[tuple[int, FragmentEntry]]:
+        """Every fragment on this node as ``(placement group, entry)``: volume by volume (in
+        ``volume_paths`` order), each in key order (placement group, chunk hash, index).
+
+        Reads only headers, ``LIST_ALL_PAGE`` at a time, lazily: each page is one engine call, so
+        a pass over millions of fragments holds neither the engine nor much memory, and fragments
+        written or deleted meanwhile may or may not appear. A header record that does not parse is
+        listed with length, checksum and chunk size 0 (so ``verify`` reports it); a key that is
+        not 37 bytes is logged and skipped.
+
+        Raises (from the ``next()`` that reads a page):
+            StorageError: the engine is closed or RocksDB failed.
+        """
+        for volume_number in range(len(self._volumes)):
+            after: bytes | None = None
+            while True:
+                page = self._list_page(volume_number, after, LIST_ALL_PAGE)
+                for key, pg, entry in page:
+                    after = key
+                    yield pg, entry
+                if len(page) < LIST_ALL_PAGE:
+                    break
+
+    def _list_page(self, volume_number: int, after: bytes | None,
+                   limit: int) -> list[tuple[bytes, int, FragmentEntry]]:
+        """Up to ``limit`` records of a volume with keys after ``after`` (from the start if None)."""
+        volume = self._volumes[volume_number]
+        page: list[tuple[bytes, int, FragmentEntry]] = []
+        self._enter()
+        try:
+            for raw_key, raw_header in volume.headers.items(from_key=after):
+                key = bytes(raw_key)  # type: ignore[arg-type]  # raw mode
+                if key == after:
+                    continue
+                listed = _entry_of(volume.path, key, bytes(raw_header))
+                if listed is None:
+                    continue
+                pg, entry = listed
+                page.append((key, pg, entry or FragmentEntry(chunk_hash=key[4:-1], index=key[-1], length=0,
+                                                             checksum=0, chunk_size=0)))
+                if len(page) >= limit:
+                    break
+        except Exception as exc:
+            raise StorageError(f"volume {volume.path}: listing failed: {exc}") from exc
+        finally:
+            self._exit()
+        return page
+
+    def verify(self, chunk_hash: bytes, index: int, pg: int) -> str | None:
+        """Re-read a fragment and check it: header format, length, CRC32C of the data, RocksDB's
+        own block checksums. Returns what is wrong, or None when it checks out or is not on this
+        node (deleted since it was listed). Not a client get: nothing is counted or logged.
+
+        Raises:
+            InvalidFragment: malformed key fields.
+            StorageError: the engine is closed or RocksDB failed other than with corruption.
+        """
+        key = fragment_key(chunk_hash, index, pg)
+        volume = self._volumes[self.volume_index(chunk_hash)]
+        self._enter()
+        try:
+            return self._verify_record(volume, key)
+        finally:
+            self._exit()
+
+    def _verify_record(self, volume: _Volume, key: bytes) -> str | None:
+        problem = self._verify_once(volume, key)
+        if problem is not None:
+            # As in get: a put between the header read and the data read can pair an old header
+            # with new data; real corruption fails twice.
+            problem = self._verify_once(volume, key)
+        return problem
+
+    def _verify_once(self, volume: _Volume, key: bytes) -> str | None:
+        try:
+            header = volume.headers.get(key, read_opt=self._verify_reads)
+            if header is None:
+                return None
+            value = volume.db.get(key, read_opt=self._verify_reads)
+        except Exception as exc:
+            if "corrupt" in str(exc).lower():
+                return f"RocksDB read failed: {exc}"
+            raise StorageError(f"volume {volume.path}: read failed: {exc}") from exc
+        return _check_record(header, value)
 
     def stats(self) -> list[VolumeStats]:
         """Per volume: fragment count (RocksDB's estimate of keys), bytes of its files, bytes free.
@@ -469,6 +634,53 @@ class FragmentEngine:
                 self._gate.notify_all()
 
 
+def _unpack_header(header: bytes) -> tuple[int, int, int, int, int]:
+    """``(format_version, crc32c, length, chunk_size, written_at_ms)`` of a header record of any
+    readable format (written_at_ms 0 for formats 1 and 2).
+
+    Raises:
+        ValueError: the record's size or format version is not one this code reads (the message
+            says which).
+    """
+    if len(header) == HEADER.size:
+        fields: tuple[int, int, int, int, int] = HEADER.unpack(header)
+        if fields[0] != FORMAT_VERSION:
+            raise ValueError(f"unknown record format version {fields[0]} in a {HEADER.size}-byte header")
+        return fields
+    if len(header) == LEGACY_HEADER.size:
+        version, checksum, length, chunk_size = LEGACY_HEADER.unpack(header)
+        if version not in (_FORMAT_VERSION_HEADER_IN_VALUE, _FORMAT_VERSION_BARE_DATA):
+            raise ValueError(f"unknown record format version {version} in a {LEGACY_HEADER.size}-byte header")
+        return version, checksum, length, chunk_size, 0
+    raise ValueError(f"header record of {len(header)} bytes, expected {HEADER.size} or {LEGACY_HEADER.size}")
+
+
+def _written_at_ms(header: bytes) -> int:
+    """The write time in a header record; 0 (older than any time) for formats 1 and 2 and for a
+    header that does not parse."""
+    try:
+        return _unpack_header(header)[4]
+    except ValueError:
+        return 0
+
+
+def _entry_of(volume_path: str, key: bytes, header: bytes) -> tuple[int, FragmentEntry | None] | None:
+    """``(placement group, entry)`` of a header record; the entry is None when the header does not
+    parse, and the whole is None (logged) when the key is malformed."""
+    if len(key) != KEY_BYTES:
+        logger.error("malformed record key", extra={"fields": {"volume": volume_path, "key": key.hex()}})
+        return None
+    pg = int.from_bytes(key[:4], "big")
+    try:
+        _version, checksum, length, chunk_size, written_at_ms = _unpack_header(header)
+    except ValueError as exc:
+        logger.error("malformed header record", extra={"fields": {"volume": volume_path, "key": key.hex(),
+                                                                     "problem": str(exc)}})
+        return pg, None
+    return pg, FragmentEntry(chunk_hash=key[4:-1], index=key[-1], length=length, checksum=checksum,
+                             chunk_size=chunk_size, written_at_ms=written_at_ms)
+
+
 def _check_record(header: bytes | None, value: bytes | None) -> str | None:
     """Return why a stored record (header + value) is bad, or None when it checks out.
 
@@ -476,18 +688,17 @@ def _check_record(header: bytes | None, value: bytes | None) -> str | None:
     """
     if header is None:
         return None
-    if len(header) != HEADER.size:
-        return f"header record of {len(header)} bytes, expected {HEADER.size}"
-    version, checksum, length, _chunk_size = HEADER.unpack(header)
+    try:
+        version, checksum, length, _chunk_size, _written_at_ms = _unpack_header(header)
+    except ValueError as exc:
+        return str(exc)
     if value is None:
         return "header present but fragment data missing"
     data = memoryview(value)
     if version == _FORMAT_VERSION_HEADER_IN_VALUE:
-        if len(value) < HEADER.size or value[: HEADER.size] != header:
+        if len(value) < LEGACY_HEADER.size or value[: LEGACY_HEADER.size] != header:
             return "format 1 record: header in value differs from header record"
-        data = data[HEADER.size :]
-    elif version != FORMAT_VERSION:
-        return f"unknown record format version {version}"
+        data = data[LEGACY_HEADER.size :]
     if length != len(data):
         return f"header says {length} bytes of data, record holds {len(data)}"
     actual = crc32c(data)

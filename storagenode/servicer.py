@@ -136,12 +136,13 @@ class StreamRequest:
 
     ``operation`` is ``"put"``, ``"get"``, ``"delete"`` or ``"none"``; the fragment fields are
     those of the operation's message (zero / empty when absent, as in proto3). ``data`` is a
-    read-only view of the received message (a put's fragment, not copied). ``problem`` is set when
+    read-only view of the received message (a put's fragment, not copied).
+    ``written_before_ms`` is a delete's ``written_before_unix_ms`` (0: unconditional). ``problem`` is set when
     the message is malformed: the request is answered ``STATUS_INVALID`` and fails alone.
     """
 
     __slots__ = ("checksum", "chunk_hash", "chunk_size", "data", "epoch", "fragment_index", "operation",
-                 "placement_group", "problem", "request_id")
+                 "placement_group", "problem", "request_id", "written_before_ms")
 
     def __init__(self) -> None:
         self.request_id = 0
@@ -153,17 +154,23 @@ class StreamRequest:
         self.checksum = 0
         self.chunk_size = 0
         self.epoch = 0
+        self.written_before_ms = 0
         self.problem: str | None = None
 
 
 def _parse_operation(request: StreamRequest, buffer: memoryview) -> None:
-    """Fill ``request``'s fragment fields from a Put/Get/DeleteFragmentRequest message."""
+    """Fill ``request``'s fragment fields from a Put/Get/DeleteFragmentRequest message.
+
+    Field 4 is a put's ``data`` (length-delimited) and a delete's ``written_before_unix_ms``
+    (varint): the wire type tells them apart."""
     for number, wire_type, value in wire.fields(buffer):
         if wire_type == wire.WIRE_VARINT and isinstance(value, int):
             if number == 2:
                 request.fragment_index = value & _MASK_U32
             elif number == 3:
                 request.placement_group = value & _MASK_U32
+            elif number == 4:
+                request.written_before_ms = value & _MASK_U64
             elif number == 5:
                 request.checksum = value & _MASK_U32
             elif number == 6:
@@ -575,7 +582,8 @@ class StorageNodeServicer(storage_pb2_grpc.StorageNodeServicer):
                 response = get_response_parts(request.request_id, stored)
             elif operation == "delete":
                 existed = await self._run(lambda: self._engine.delete(
-                    request.chunk_hash, request.fragment_index, request.placement_group))
+                    request.chunk_hash, request.fragment_index, request.placement_group,
+                    request.written_before_ms))
                 response = (serialize_delete_response(request.request_id, existed),)
             else:
                 raise InvalidFragment(request.problem or "request carries no operation")
@@ -621,7 +629,7 @@ class StorageNodeServicer(storage_pb2_grpc.StorageNodeServicer):
             yield storage_pb2.ListFragmentsResponse(fragments=[
                 storage_pb2.FragmentEntry(chunk_hash=entry.chunk_hash, fragment_index=entry.index,
                                           length=entry.length, checksum=entry.checksum,
-                                          chunk_size=entry.chunk_size)
+                                          chunk_size=entry.chunk_size, written_at_unix_ms=entry.written_at_ms)
                 for entry in entries[start : start + LIST_BATCH_ENTRIES]
             ])
 
@@ -664,9 +672,8 @@ class StorageNodeServicer(storage_pb2_grpc.StorageNodeServicer):
                                                chunk_size=stored.chunk_size)
 
     async def _delete(self, request: storage_pb2.DeleteFragmentRequest) -> storage_pb2.DeleteFragmentResponse:
-        existed = await self._run(
-            lambda: self._engine.delete(request.chunk_hash, request.fragment_index, request.placement_group)
-        )
+        existed = await self._run(lambda: self._engine.delete(
+            request.chunk_hash, request.fragment_index, request.placement_group, request.written_before_unix_ms))
         return storage_pb2.DeleteFragmentResponse(existed=existed)
 
     async def _unary(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from storagenode.engine import (
     FORMAT_VERSION,
     HEADER,
     HEADERS_COLUMN_FAMILY,
+    LEGACY_HEADER,
     FragmentEngine,
     FragmentWrite,
     fragment_key,
@@ -225,14 +227,18 @@ def test_put_stores_bare_data_and_the_versioned_header_beside_it(volumes: list[s
     engine = FragmentEngine(volumes, min_free_bytes=0)
     data = fragment(11, 100_000)
     chunk_hash = chunk_hash_for(11)
+    before_ms = time.time_ns() // 1_000_000
     engine.put(chunk_hash, 2, 8, data, crc32c(data), 1_000_000)
+    after_ms = time.time_ns() // 1_000_000
     engine.close()
     raw = _open_raw(volumes[int.from_bytes(chunk_hash[8:16], "big") % len(volumes)])
     try:
         key = fragment_key(chunk_hash, 2, 8)
         headers = raw.get_column_family(HEADERS_COLUMN_FAMILY)
         assert raw[key] == data
-        assert HEADER.unpack(headers[key] or b"") == (FORMAT_VERSION, crc32c(data), len(data), 1_000_000)
+        *fields, written_at_ms = HEADER.unpack(headers[key] or b"")
+        assert fields == [FORMAT_VERSION, crc32c(data), len(data), 1_000_000]
+        assert before_ms <= written_at_ms <= after_ms + 1
         del headers
     finally:
         raw.close()
@@ -242,7 +248,7 @@ def test_format_1_records_with_the_header_in_front_of_the_data_still_read(volume
     data = fragment(12, 50_000)
     chunk_hash = chunk_hash_for(12)
     key = fragment_key(chunk_hash, 5, 3)
-    header = HEADER.pack(1, crc32c(data), len(data), 500_000)
+    header = LEGACY_HEADER.pack(1, crc32c(data), len(data), 500_000)
     FragmentEngine(volumes, min_free_bytes=0).close()  # creates the databases and column families
     raw = _open_raw(volumes[int.from_bytes(chunk_hash[8:16], "big") % len(volumes)])
     try:
@@ -256,7 +262,8 @@ def test_format_1_records_with_the_header_in_front_of_the_data_still_read(volume
     try:
         stored = engine.get(chunk_hash, 5, 3)
         assert (stored.data, stored.checksum, stored.chunk_size) == (data, crc32c(data), 500_000)
-        assert [entry.length for entry in engine.list_pg(3)] == [len(data)]
+        assert [(entry.length, entry.written_at_ms) for entry in engine.list_pg(3)] == [(len(data), 0)]
+        assert engine.verify(chunk_hash, 5, 3) is None
     finally:
         engine.close()
 

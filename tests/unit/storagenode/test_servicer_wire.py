@@ -14,7 +14,7 @@ import pytest
 from awscrt.checksums import crc32c
 from rocksdict import Options, Rdict
 
-from proto import storage_pb2
+from proto import storage_pb2, storage_pb2_grpc
 from storagenode.client import StorageNodeClient, _parse_response, _serialize_batch, _serialize_put
 from storagenode.engine import HEADERS_COLUMN_FAMILY, FragmentEngine, fragment_key
 from storagenode.errors import FragmentCorrupt, FragmentNotFound
@@ -82,6 +82,18 @@ def test_parses_gets_and_deletes(operation: str) -> None:
 
     assert (request.request_id, request.operation, request.problem) == (5, operation, None)
     assert (request.chunk_hash, request.fragment_index, request.placement_group) == (chunk_hash_for(3), 2, 70000)
+
+
+def test_parses_a_conditional_deletes_time_and_a_puts_data_under_the_same_field_number() -> None:
+    serialized = storage_pb2.FragmentRequest(request_id=6, delete=storage_pb2.DeleteFragmentRequest(
+        chunk_hash=chunk_hash_for(3), fragment_index=1, placement_group=2, written_before_unix_ms=BIG_U64,
+    )).SerializeToString()
+
+    request = parse_stream_request(serialized)
+
+    assert (request.operation, request.problem, request.written_before_ms) == ("delete", None, BIG_U64)
+    assert parse_stream_request(storage_pb2.FragmentRequest(delete=storage_pb2.DeleteFragmentRequest(
+        fragment_index=1)).SerializeToString()).written_before_ms == 0
 
 
 def test_skips_unknown_fields_of_every_wire_type() -> None:
@@ -292,5 +304,45 @@ def test_corruption_found_on_a_batched_get_is_reported(tmp_path: Path) -> None:
         finally:
             await client.close()
         assert engine.corrupt_fragments_detected == 1
+
+    run_with_node(tmp_path, body)
+
+
+def test_conditional_deletes_on_the_stream_and_unary_and_listed_write_times(tmp_path: Path) -> None:
+    data = b"generation" * 50
+
+    async def body(address: str, _engine: FragmentEngine) -> None:
+        client = StorageNodeClient(address)
+        channel = grpc.aio.insecure_channel(address)
+        try:
+            for index in (0, 1):
+                await client.put_fragment(chunk_hash_for(8), index, 3, data, 5000, 1)
+            listed = await client.list_fragments(3)
+            assert [entry.index for entry in listed] == [0, 1]
+            assert all(entry.written_at_ms > 0 for entry in listed)
+            stub = storage_pb2_grpc.StorageNodeStub(channel)
+            [unary_batch] = [batch async for batch in stub.ListFragments(
+                storage_pb2.ListFragmentsRequest(placement_group=3))]
+            assert [entry.written_at_unix_ms for entry in unary_batch.fragments] == [
+                entry.written_at_ms for entry in listed]
+            for entry in listed:
+                # Written at (not before) the time: kept, on the stream and on the unary call.
+                assert await client.delete_fragment(chunk_hash_for(8), entry.index, 3,
+                                                    written_before_ms=entry.written_at_ms) is False
+                kept = await stub.DeleteFragment(storage_pb2.DeleteFragmentRequest(
+                    chunk_hash=chunk_hash_for(8), fragment_index=entry.index, placement_group=3,
+                    written_before_unix_ms=entry.written_at_ms))
+                assert kept.existed is False
+            assert len(await client.list_fragments(3)) == 2
+            assert await client.delete_fragment(chunk_hash_for(8), 0, 3,
+                                                written_before_ms=listed[0].written_at_ms + 1) is True
+            deleted = await stub.DeleteFragment(storage_pb2.DeleteFragmentRequest(
+                chunk_hash=chunk_hash_for(8), fragment_index=1, placement_group=3,
+                written_before_unix_ms=listed[1].written_at_ms + 1))
+            assert deleted.existed is True
+            assert await client.list_fragments(3) == []
+        finally:
+            await channel.close()
+            await client.close()
 
     run_with_node(tmp_path, body)
