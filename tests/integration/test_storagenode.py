@@ -119,6 +119,13 @@ def test_put_get_delete_list_and_health_over_grpc(node: NodeProcess) -> None:
             assert [v.path for v in health.volumes] == node.volumes
             assert sum(v.fragments for v in health.volumes) == 1
 
+            # Garbage collection's conditional delete keeps a record written at or after its time.
+            written_at_ms = entries[0].written_at_ms
+            assert written_at_ms > 0
+            assert await client.delete_fragment(chunk_hash_for(1), 3, 42, written_before_ms=written_at_ms) is False
+            assert await client.delete_fragment(chunk_hash_for(1), 3, 42,
+                                                written_before_ms=written_at_ms + 1) is True
+            await client.put_fragment(chunk_hash_for(1), 3, 42, memoryview(data), 4_194_304, 7)
             assert await client.delete_fragment(chunk_hash_for(1), 3, 42) is True
             assert await client.delete_fragment(chunk_hash_for(1), 3, 42) is False
             assert await client.list_fragments(42) == []
