@@ -5,7 +5,9 @@ A chunk encodes to a stripe of ``STRIPE_WIDTH`` (14) fragments: ``DATA_FRAGMENTS
 Vandermonde matrix, Intel ISA-L). Every pyeclib fragment is a fixed header (80 bytes, measured at
 start-up through ``ECDriver.get_metadata``) followed by a payload of ``s = ceil(chunk_size / 10)``
 bytes; data fragment ``i`` carries ``chunk[i*s:(i+1)*s]`` (the last ones zero-padded), so healthy
-reads slice data fragments and never decode (``data_fragment_payload_range``).
+reads slice data fragments and never decode (``data_fragment_payload_range``). Those pure
+helpers live in ``common.erasure_code`` (storage nodes rebuild fragments with them too); this
+module re-exports the ones the frontend uses.
 
 pyeclib holds the GIL while it codes, so ``ErasureCoder`` runs it in worker processes. Shipping a
 4 MiB chunk to a worker and 14 fragments back through pickle over pipes cost ~18 ms per chunk on
@@ -18,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import logging
 import multiprocessing
 import weakref
@@ -29,7 +30,16 @@ from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
-from common.layout import CHUNK_SIZE, DATA_FRAGMENTS, EC_TYPE, PARITY_FRAGMENTS, STRIPE_WIDTH
+from common.erasure_code import (
+    data_fragment_payload_range,
+    decode_fragments,
+    driver,
+    fragment_bytes,
+    fragment_header_bytes,
+    fragment_payload_bytes,
+    validate_fragments,
+)
+from common.layout import CHUNK_SIZE, STRIPE_WIDTH
 from common.malloc import tune_malloc
 
 logger = logging.getLogger(__name__)
@@ -39,70 +49,10 @@ logger = logging.getLogger(__name__)
 INLINE_MAX_BYTES = 64 * 1024
 
 
-def _new_driver() -> Any:
-    from pyeclib.ec_iface import ECDriver
-
-    return ECDriver(k=DATA_FRAGMENTS, m=PARITY_FRAGMENTS, ec_type=EC_TYPE)
-
-
-@functools.lru_cache(maxsize=1)
-def _driver() -> Any:
-    """The process's pyeclib driver (created on first use; one per process)."""
-    return _new_driver()
-
-
-@functools.lru_cache(maxsize=1)
-def fragment_header_bytes() -> int:
-    """Length in bytes of pyeclib's per-fragment header (80 for liberasurecode 1.6+).
-
-    Measured rather than assumed: encodes a small buffer and subtracts the payload size that
-    ``ECDriver.get_metadata`` reports from the fragment length.
-    """
-    driver = _driver()
-    fragment = driver.encode(b"\x00" * DATA_FRAGMENTS * 7)[0]
-    payload = int(driver.get_metadata(fragment, formatted=True)["size"])
-    return len(fragment) - payload
-
-
-def fragment_payload_bytes(chunk_size: int) -> int:
-    """Payload bytes of every fragment of a ``chunk_size``-byte chunk: ``ceil(chunk_size / 10)``.
-
-    Raises:
-        ValueError: if ``chunk_size`` is not positive.
-    """
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    return -(-chunk_size // DATA_FRAGMENTS)
-
-
-def fragment_bytes(chunk_size: int) -> int:
-    """Total bytes of one fragment (header + payload) of a ``chunk_size``-byte chunk."""
-    return fragment_header_bytes() + fragment_payload_bytes(chunk_size)
-
-
-def data_fragment_payload_range(chunk_size: int, start: int, end: int) -> list[tuple[int, int, int]]:
-    """Which data fragments hold bytes ``[start, end)`` of a chunk, and where in their payloads.
-
-    Returns ``[(index, payload_start, payload_end), ...]`` in chunk order: fragment ``index``
-    (0..9) holds ``chunk[start:end]``'s part at payload offsets ``[payload_start, payload_end)``
-    (offsets after the fragment header). An empty range returns ``[]``. Pure arithmetic on the
-    systematic layout (module docstring).
-
-    Raises:
-        ValueError: if ``chunk_size <= 0`` or not ``0 <= start <= end <= chunk_size``.
-    """
-    payload = fragment_payload_bytes(chunk_size)
-    if not 0 <= start <= end <= chunk_size:
-        raise ValueError(f"range [{start}, {end}) is not within a chunk of {chunk_size} bytes")
-    if start == end:
-        return []
-    first = start // payload
-    last = (end - 1) // payload
-    ranges = []
-    for index in range(first, last + 1):
-        base = index * payload
-        ranges.append((index, max(start, base) - base, min(end, base + payload) - base))
-    return ranges
+# The pure coding helpers live in common.erasure_code (storage nodes rebuild fragments with them
+# too); the names the frontend imported from here stay available.
+_driver = driver
+_decode_fragments = decode_fragments
 
 
 # ---- worker side -------------------------------------------------------------------------------
@@ -145,18 +95,6 @@ def _encode_in_worker(segment: str, length: int, output_offset: int) -> int:
         buf[position : position + fragment_length] = fragment
         position += fragment_length
     return fragment_length
-
-
-def _decode_fragments(fragments: Mapping[int, bytes], chunk_size: int) -> bytes:
-    driver = _driver()
-    for index, fragment in fragments.items():
-        found = int(driver.get_metadata(fragment, formatted=True)["index"])
-        if found != index:
-            raise ValueError(f"fragment given as index {index} says it is index {found}")
-    data = driver.decode(list(fragments.values()))
-    if len(data) != chunk_size:
-        raise ValueError(f"decoded {len(data)} bytes, expected a chunk of {chunk_size}")
-    return bytes(data)
 
 
 def _decode_in_worker(
@@ -390,20 +328,7 @@ class ErasureCoder:
 
     def _validate_fragments(self, fragments: Mapping[int, bytes], chunk_size: int) -> None:
         # pyeclib aborts the whole process on non-bytes input (perf-notes), so check everything.
-        if not 0 < chunk_size <= self.max_chunk_size:
-            raise ValueError(f"chunk_size must be 1..{self.max_chunk_size}, got {chunk_size}")
-        if len(fragments) < DATA_FRAGMENTS:
-            raise ValueError(f"need at least {DATA_FRAGMENTS} fragments, got {len(fragments)}")
-        expected = fragment_bytes(chunk_size)
-        for index, fragment in fragments.items():
-            if not isinstance(index, int) or not 0 <= index < STRIPE_WIDTH:
-                raise ValueError(f"fragment index must be 0..{STRIPE_WIDTH - 1}, got {index!r}")
-            if type(fragment) is not bytes:
-                raise ValueError(f"fragment {index} must be bytes, got {type(fragment).__name__}")
-            if len(fragment) != expected:
-                raise ValueError(
-                    f"fragment {index} is {len(fragment)} bytes, a {chunk_size}-byte chunk has {expected}"
-                )
+        validate_fragments(fragments, chunk_size, self.max_chunk_size)
 
     async def _run(self, slot: _Slot, function: Callable[..., int], *args: Any) -> int:
         """Run ``function(*args)`` in a worker; the slot is released on failure (by ``_wait``)."""
