@@ -1,4 +1,4 @@
-"""`coffer dev up|status|down|start|kill`: a whole Coffer cluster on one machine.
+"""`coffer dev up|status|down|start|kill|add-node`: a whole Coffer cluster on one machine.
 
 ``up`` starts etcd, N storage nodes (each its own failure domain), the placement service and the
 frontend on 127.0.0.1, waits until the frontend's ``/-/ready`` answers 200, creates an access key
@@ -32,10 +32,12 @@ from cli.dev_layout import (
     DEFAULT_FRONTEND_PORT,
     DEFAULT_NODES,
     DEFAULT_PG_COUNT,
+    LOOPBACK,
     REGION,
     DevClusterError,
     ProcessSpec,
     Settings,
+    add_node_to_settings,
     child_environment,
     load_settings,
     new_settings,
@@ -628,3 +630,75 @@ def kill_one(data_dir: Path, name: str, sig: signal.Signals) -> int:
             return 1
     _say(f"Sent {sig.name} to {record.name} (pid {record.pid}).")
     return 0
+
+
+# ----------------------------------------------------------------------------- add a node
+
+
+def _node_state(etcd_port: int, node_id: str) -> str | None:
+    """The state of ``node_id`` in the published map (``up``/``down``/``out``); None when there is no
+    map, etcd does not answer, or the map does not know the node yet."""
+    import asyncio
+
+    from placement.etcd import EtcdUnavailable
+    from placement.watcher import load_cluster_map
+
+    try:
+        cluster_map = asyncio.run(load_cluster_map(f"{LOOPBACK}:{etcd_port}"))
+    except (EtcdUnavailable, ValueError):
+        return None
+    if cluster_map is None or node_id not in cluster_map.nodes:
+        return None
+    return cluster_map.nodes[node_id].state.value
+
+
+def add_node(data_dir: Path, timeout: float = 60.0) -> int:
+    """``coffer dev add-node``: start one more storage node in the running dev cluster in
+    ``data_dir`` (next node id, its own failure domain, free ports), record it in ``settings.json``
+    and ``processes.json`` (so ``up``, ``down`` and ``status`` know it) and wait up to ``timeout``
+    seconds until the placement service has it UP in the map. 0 when UP, 1 otherwise.
+
+    Raises:
+        DevClusterError: no cluster in ``data_dir``, or it is not running (etcd, placement).
+    """
+    data_dir = data_dir.resolve()
+    with _exclusive(data_dir):
+        settings = load_settings(data_dir)
+        records = load_records(data_dir)
+        if settings is None or not records:
+            raise DevClusterError(f"no Coffer dev cluster in {data_dir}: start one with "
+                                  f"`coffer dev up --data {data_dir} --detach` first")
+        needed = [record for record in records if record.role in ("etcd", "placement")]
+        stopped = [record.name for record in needed if not record.is_running()]
+        if stopped or len(needed) < 2:
+            raise DevClusterError(f"the dev cluster in {data_dir} is not running ({', '.join(stopped) or 'etcd'} "
+                                  f"down): run `coffer dev up --data {data_dir} --detach` first")
+        etcd_binary = next(record.command[0] for record in records if record.role == "etcd")
+        node_id = add_node_to_settings(settings)
+        spec = next(spec for spec in process_specs(data_dir, settings, etcd_binary) if spec.name == node_id)
+        busy = [port for port in (spec.port, spec.metrics_port) if port is not None and port_in_use(port)]
+        if busy:
+            raise DevClusterError(f"port(s) {busy} just got taken; run `coffer dev add-node` again")
+        save_settings(data_dir, settings)
+        identity, handle = processes.spawn(spec.command, spec.log, child_environment(), cwd=data_dir)
+        records.append(ProcessRecord.started(spec, identity))
+        save_records(data_dir, records)
+    _say(f"{node_id} started (pid {identity.pid}, {spec.failure_domain}, port {spec.port}); waiting until the "
+         "placement service has it UP in the cluster map ...")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = handle.poll()
+        if code is not None:
+            _say(f"{node_id} exited with code {code}. Last lines of {spec.log}:\n{_log_tail(spec.log)}\n"
+                 f"Fix the cause, then `coffer dev start {node_id} --data {data_dir}`.", sys.stderr)
+            return 1
+        if _node_state(settings.etcd_port, node_id) == "up":
+            _say(f"{node_id} is UP in the cluster map: placement gives it its share of placement groups and "
+                 "their fragments move to it in the background (follow with `coffer status --data "
+                 f"{data_dir}`).")
+            return 0
+        time.sleep(0.5)
+    _say(f"{node_id} (pid {identity.pid}) is not UP in the cluster map after {timeout:g}s; see {spec.log} and "
+         f"{data_dir / 'logs' / 'placement.log'}. It stays recorded: `coffer dev status --data {data_dir}`.",
+         sys.stderr)
+    return 1

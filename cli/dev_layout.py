@@ -209,6 +209,33 @@ def new_settings(data_dir: Path, *, nodes: int, frontend_port: int, base_port: i
                     capacity_bytes=capacity_bytes, etcd_peer_port=etcd_peer_port, ports=ports)
 
 
+def add_node_to_settings(settings: Settings, ports: Iterator[int] | None = None) -> str:
+    """Grow ``settings`` by one storage node (``coffer dev add-node``) and return its id.
+
+    The node is the next id (``node-15`` after 14 nodes), its own failure domain, with two new
+    ports (gRPC, metrics) from ``ports`` (default: free ports on 127.0.0.1) that no process of the
+    cluster uses. Mutates ``settings`` (``nodes`` and ``ports``); the caller saves it.
+
+    Raises:
+        DevClusterError: if the next id would change the width of every node id (99 -> 100 nodes:
+            the existing nodes' names, and so their data directories, would change).
+    """
+    next_count = settings.nodes + 1
+    if len(node_ids(next_count)[0]) != len(node_ids(settings.nodes)[0]):
+        raise DevClusterError(f"a dev cluster cannot grow from {settings.nodes} to {next_count} nodes (node ids "
+                              "would be renamed); create a new cluster with --nodes instead")
+    node_id = node_ids(next_count)[-1]
+    taken = {port for entry in settings.ports.values() for port in entry.values() if port is not None}
+    taken.add(settings.etcd_peer_port)
+    source = ports if ports is not None else _free_ports(8)
+    chosen = [port for port in source if port not in taken][:2]
+    if len(chosen) < 2:
+        raise DevClusterError("no two free ports found for the new node; stop something and try again")
+    settings.ports[node_id] = {"port": chosen[0], "metrics_port": chosen[1]}
+    settings.nodes = next_count
+    return node_id
+
+
 def _python_entry(subcommand: str, *arguments: str) -> tuple[str, ...]:
     """The argv that runs ``coffer SUBCOMMAND ...`` with this very interpreter."""
     return (sys.executable, "-m", "cli", subcommand, *arguments)

@@ -1,6 +1,8 @@
 """The ``coffer`` command: one entry point for operators.
 
-``coffer dev up|status|down|start|kill`` runs a whole cluster on this machine (``cli/dev_cluster.py``);
+``coffer dev up|status|down|start|kill|add-node`` runs a whole cluster on this machine
+(``cli/dev_cluster.py``); ``coffer status`` shows a cluster's health (``cli/status.py``);
+``coffer node drain|undrain`` empties a node before removal (``cli/node_commands.py``);
 ``coffer storagenode|placement|frontend ...`` run one service (their own ``main(argv)`` parses the
 rest); ``coffer keys create|list`` manage S3 access keys; ``coffer bench ...`` runs the benchmarks.
 """
@@ -103,6 +105,37 @@ def build_parser() -> argparse.ArgumentParser:
     kill.add_argument("--signal", type=_signal, default=signal.SIGKILL, help="signal name (default KILL)")
     kill.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help=data_help)
 
+    add_node = dev_commands.add_parser(
+        "add-node", help="start one more storage node in the running cluster and wait until it is UP")
+    add_node.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help=data_help)
+    add_node.add_argument("--timeout", type=_seconds, default=60.0,
+                          help="seconds to wait until the node is UP in the cluster map (default 60)")
+
+    def cluster_location(parser: argparse.ArgumentParser) -> None:
+        where = parser.add_mutually_exclusive_group(required=True)
+        where.add_argument("--etcd", metavar="HOST:PORT", default=None, help="etcd endpoint of the cluster")
+        where.add_argument("--data", type=Path, default=None, help="directory of a dev cluster (coffer dev up)")
+        parser.add_argument("--prefix", default="/coffer/", help="etcd key prefix of the cluster (default /coffer/)")
+
+    status = commands.add_parser(
+        "status", help="nodes, placement groups, durability at risk, repair and scrub progress",
+        description="Show the cluster's health. Exit code 0, or 2 when durability is at risk.")
+    cluster_location(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    node = commands.add_parser("node", help="operate on one storage node (drain, undrain)")
+    node_commands = node.add_subparsers(dest="node_command", metavar="ACTION", required=True)
+    drain = node_commands.add_parser(
+        "drain", help="move every fragment off a node (it keeps serving), e.g. before removing it")
+    drain.add_argument("node_id", help="node id, e.g. node-05")
+    cluster_location(drain)
+    drain.add_argument("--wait", action="store_true",
+                       help="wait until the node holds no fragments and say it is safe to remove")
+    drain.add_argument("--timeout", type=_seconds, default=3600.0, help="seconds --wait waits (default 3600)")
+    undrain = node_commands.add_parser("undrain", help="cancel a drain: the node takes its positions back")
+    undrain.add_argument("node_id", help="node id, e.g. node-05")
+    cluster_location(undrain)
+
     keys = commands.add_parser("keys", help="manage S3 access keys")
     key_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     for name, text in (("create", "create an access key"), ("list", "list access keys (no secrets)")):
@@ -133,9 +166,38 @@ def _dispatch(name: str, arguments: list[str]) -> int:
     return int(entry(arguments) or 0)
 
 
+def _run_cluster_command(arguments: argparse.Namespace) -> int:
+    """``coffer status`` and ``coffer node drain|undrain``."""
+    from cli import node_commands, status
+    from placement.etcd import EtcdUnavailable
+
+    endpoint = node_commands.etcd_endpoint(arguments.etcd, arguments.data)
+    if arguments.command == "node":
+        if arguments.node_command == "drain":
+            return node_commands.drain(endpoint, arguments.node_id, wait=arguments.wait,
+                                       timeout=arguments.timeout, prefix=arguments.prefix)
+        return node_commands.undrain(endpoint, arguments.node_id, prefix=arguments.prefix)
+    down_out = None
+    if arguments.data is not None:
+        from cli.dev_layout import load_settings
+
+        settings = load_settings(arguments.data.resolve())
+        down_out = settings.down_out_interval if settings is not None else None
+    try:
+        return status.run_status(endpoint, as_json=arguments.json, prefix=arguments.prefix,
+                                 down_out_interval=down_out)
+    except status.StatusUnavailable as error:
+        raise DevClusterError(str(error)) from error
+    except EtcdUnavailable as error:
+        raise DevClusterError(f"etcd at {endpoint} does not answer ({error}); check --etcd or start the "
+                              "cluster (`coffer dev up`)") from error
+
+
 def _run(arguments: argparse.Namespace) -> int:
     from cli import dev_cluster, keys
 
+    if arguments.command in ("status", "node"):
+        return _run_cluster_command(arguments)
     if arguments.command == "dev":
         action = arguments.dev_command
         if action == "up":
@@ -147,6 +209,8 @@ def _run(arguments: argparse.Namespace) -> int:
             return dev_cluster.status(arguments.data, arguments.json)
         if action == "down":
             return dev_cluster.down(arguments.data)
+        if action == "add-node":
+            return dev_cluster.add_node(arguments.data, arguments.timeout)
         if action == "start":
             return dev_cluster.start_one(arguments.data, arguments.name)
         return dev_cluster.kill_one(arguments.data, arguments.name, arguments.signal)
