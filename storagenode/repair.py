@@ -472,8 +472,10 @@ class RepairAgent:
             if cluster_map is None or cluster_map.acting_set(fragment.pg)[fragment.index] != fragment.holder:
                 continue  # the map moved since the holder confirmed: re-check next scan
             try:
+                # Conditional on the version listed: a copy rewritten since then is kept.
+                written_before = fragment.written_at_ms + 1 if fragment.written_at_ms else 0
                 existed = await self._in_executor(
-                    self._engine.delete, fragment.chunk_hash, fragment.index, fragment.pg
+                    self._engine.delete, fragment.chunk_hash, fragment.index, fragment.pg, written_before
                 )
             except StorageError as error:
                 logger.error("could not delete a misplaced fragment", extra={"fields": {
@@ -498,12 +500,12 @@ class RepairAgent:
 
 
 def _list_all_local(engine: FragmentEngine, pg_count: int) -> dict[int, list[FragmentEntry]]:
-    """This node's listing of every placement group that holds something (headers only; blocking)."""
+    """This node's listing of every placement group below ``pg_count`` that holds something
+    (headers only, one pass over ``FragmentEngine.list_all``; blocking)."""
     listings: dict[int, list[FragmentEntry]] = {}
-    for pg in range(pg_count):
-        entries = list(engine.list_pg(pg))
-        if entries:
-            listings[pg] = entries
+    for pg, entry in engine.list_all():
+        if pg < pg_count:
+            listings.setdefault(pg, []).append(entry)
     return listings
 
 

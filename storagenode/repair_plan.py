@@ -84,6 +84,7 @@ class MisplacedFragment:
 
     ``confirmed``: the holder lists the same chunk and index with the same ``checksum`` (or this
     copy is stale and the holder's copy is valid), so this node may delete its copy.
+    ``written_at_ms`` is when this node wrote its copy (Unix ms, 0 unknown), for a conditional delete.
     """
 
     pg: int
@@ -92,6 +93,7 @@ class MisplacedFragment:
     checksum: int
     holder: str
     confirmed: bool
+    written_at_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -258,7 +260,7 @@ def plan_placement_group(
         confirmed = holder_entry is not None and (holder_entry.checksum == entry.checksum or not mine_valid)
         misplaced.append(MisplacedFragment(
             pg=pg, chunk_hash=chunk_hash, index=entry.index, checksum=entry.checksum, holder=holder,
-            confirmed=confirmed,
+            confirmed=confirmed, written_at_ms=entry.written_at_ms,
         ))
 
     tasks.sort(key=RepairTask.priority)

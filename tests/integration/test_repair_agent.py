@@ -1,0 +1,273 @@
+"""RepairAgent against real storage nodes: 15 in-process nodes (real RocksDB engines, real gRPC
+servers on 127.0.0.1), stripes written by the frontend's ChunkStore, fragments then deleted or
+damaged on disk, and the agent of one node run scan by scan (``scan_once``).
+
+Each test builds its own nodes in its own event loop; the cluster maps are built by hand with
+``placement.rendezvous.compute_placement`` (no etcd, no placement service).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import random
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from awscrt.checksums import crc32c
+from prometheus_client import REGISTRY
+
+from common.layout import placement_group
+from frontend.chunk_store import ChunkStore
+from frontend.erasure import ErasureCoder
+from placement.cluster_map import ClusterMap, FailureDomain, Node, NodeState
+from placement.rendezvous import compute_placement
+from storagenode.client import StorageNodePool
+from storagenode.engine import FragmentEngine
+from storagenode.errors import FragmentNotFound
+from storagenode.repair import RepairAgent
+from storagenode.servicer import StorageNodeServicer, add_to_server
+
+pytestmark = pytest.mark.integration
+
+PG_COUNT = 4
+NODE_COUNT = 15
+RATE = 64 * 2**20
+
+
+@pytest.fixture(scope="module")
+def coder() -> Iterator[ErasureCoder]:
+    with ErasureCoder(workers=1) as erasure_coder:
+        yield erasure_coder
+
+
+@dataclass
+class LocalNode:
+    node_id: str
+    engine: FragmentEngine
+    server: grpc.aio.Server
+    address: str
+
+    def fragment(self, chunk_hash: bytes, index: int, pg: int) -> bytes | None:
+        try:
+            return bytes(self.engine.get(chunk_hash, index, pg).data)
+        except FragmentNotFound:
+            return None
+
+
+@dataclass
+class Cluster:
+    nodes: dict[str, LocalNode]
+    executor: ThreadPoolExecutor
+    pool: StorageNodePool
+    cluster_map: ClusterMap
+
+    def map_nodes(
+        self, states: dict[str, NodeState] | None = None, members: list[str] | None = None
+    ) -> dict[str, Node]:
+        states = states or {}
+        return {
+            node.node_id: Node(node.node_id, node.address, FailureDomain("zone-a", "rack-a", f"host-{node.node_id}"),
+                               2**30, states.get(node.node_id, NodeState.UP))
+            for node in self.nodes.values() if members is None or node.node_id in members
+        }
+
+    def next_map(self, nodes: dict[str, Node]) -> ClusterMap:
+        placement = compute_placement(PG_COUNT, nodes, previous=self.cluster_map)
+        return ClusterMap(epoch=self.cluster_map.epoch + 1, pg_count=PG_COUNT, nodes=nodes,
+                          acting_sets=placement.acting_sets, former_positions=placement.former_positions)
+
+    def agent(self, node_id: str) -> RepairAgent:
+        return RepairAgent(node_id, self.nodes[node_id].engine, self.executor, lambda: self.cluster_map, self.pool,
+                           bytes_per_second=RATE, scan_interval=60)
+
+    def store(self, coder: ErasureCoder) -> ChunkStore:
+        return ChunkStore(lambda: self.cluster_map, self.pool, coder)
+
+    def holder(self, chunk_hash: bytes, index: int) -> LocalNode:
+        return self.nodes[self.cluster_map.acting_set(self.pg(chunk_hash))[index]]
+
+    def pg(self, chunk_hash: bytes) -> int:
+        return placement_group(chunk_hash, PG_COUNT)
+
+
+@contextlib.asynccontextmanager
+async def local_cluster(root: Path, members: int = NODE_COUNT) -> AsyncIterator[Cluster]:
+    """``NODE_COUNT`` nodes serving; the first map names the first ``members`` of them, all UP."""
+    executor = ThreadPoolExecutor(4)
+    pool = StorageNodePool(timeout=5.0)
+    nodes: dict[str, LocalNode] = {}
+    try:
+        for number in range(NODE_COUNT):
+            node_id = f"node-{number:02d}"
+            engine = FragmentEngine([str(root / node_id)])
+            server = grpc.aio.server()
+            add_to_server(StorageNodeServicer(node_id, engine, executor), server)
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            nodes[node_id] = LocalNode(node_id, engine, server, f"127.0.0.1:{port}")
+        cluster = Cluster(nodes, executor, pool, cluster_map=None)  # type: ignore[arg-type]
+        first = cluster.map_nodes(members=sorted(nodes)[:members])
+        placement = compute_placement(PG_COUNT, first)
+        cluster.cluster_map = ClusterMap(epoch=1, pg_count=PG_COUNT, nodes=first, acting_sets=placement.acting_sets,
+                                         former_positions=placement.former_positions)
+        yield cluster
+    finally:
+        await pool.close()
+        for node in nodes.values():
+            await node.server.stop(None)
+            node.engine.close()
+        executor.shutdown()
+
+
+def chunk_of(seed: int, size: int = 100_000) -> tuple[bytes, bytes]:
+    data = random.Random(seed).randbytes(size)
+    return hashlib.sha256(data).digest(), data
+
+
+async def write_chunks(cluster: Cluster, coder: ErasureCoder, count: int) -> list[tuple[bytes, bytes]]:
+    chunks = [chunk_of(seed, 90_000 + 1000 * seed) for seed in range(count)]
+    store = cluster.store(coder)
+    assert await asyncio.gather(*(store.write_chunk(h, d) for h, d in chunks)) == [14] * count
+    return chunks
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_missing_and_stale_fragments_are_rebuilt_byte_identical(coder: ErasureCoder, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with local_cluster(tmp_path, members=14) as cluster:
+            chunks = await write_chunks(cluster, coder, 6)
+            # The node under test: position 5 of the first chunk's PG.
+            first_hash = chunks[0][0]
+            node = cluster.holder(first_hash, 5)
+            mine = []  # (chunk_hash, index, pg, original bytes) of every fragment node holds
+            for chunk_hash, _ in chunks:
+                pg = cluster.pg(chunk_hash)
+                acting = cluster.cluster_map.acting_set(pg)
+                if node.node_id in acting:
+                    index = acting.index(node.node_id)
+                    original = node.fragment(chunk_hash, index, pg)
+                    assert original is not None
+                    mine.append((chunk_hash, index, pg, original))
+            assert len(mine) >= 2
+            # Lose the first one (and one more fragment of that stripe elsewhere); damage the second
+            # one into a stale record (a truncated fragment stored with its own valid CRC).
+            lost_hash, lost_index, lost_pg, _ = mine[0]
+            assert node.engine.delete(lost_hash, lost_index, lost_pg)
+            other = cluster.holder(lost_hash, 0 if lost_index else 1)
+            assert other.engine.delete(lost_hash, 0 if lost_index else 1, lost_pg)
+            stale_hash, stale_index, stale_pg, stale_original = mine[1]
+            truncated = stale_original[:-7]
+            node.engine.put(stale_hash, stale_index, stale_pg, truncated, crc32c(truncated), len(chunks[1][1]))
+            rebuilt_before = metric("coffer_repair_fragments_total", method="rebuild")
+
+            report = await cluster.agent(node.node_id).scan_once()
+
+            assert (report.tasks, report.rebuilt, report.copied, report.failed) == (2, 2, 0, 0)
+            for chunk_hash, index, pg, original in mine:
+                assert node.fragment(chunk_hash, index, pg) == original
+            assert metric("coffer_repair_fragments_total", method="rebuild") - rebuilt_before == 2
+            assert report.bytes_written == len(mine[0][3]) + len(stale_original)
+            assert report.bytes_fetched >= 20 * len(stale_original) * 0.9
+            # The other node's loss is its own to repair; the second scan has nothing for this node.
+            again = await cluster.agent(node.node_id).scan_once()
+            assert (again.tasks, again.rebuilt) == (0, 0)
+            report_other = await cluster.agent(other.node_id).scan_once()
+            assert report_other.rebuilt == 1
+            assert metric("coffer_repair_pending_fragments") == 0
+
+    asyncio.run(body())
+
+
+def test_an_out_nodes_positions_are_rebuilt_on_their_new_holders(coder: ErasureCoder, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with local_cluster(tmp_path) as cluster:
+            chunks = await write_chunks(cluster, coder, 6)
+            old_map = cluster.cluster_map
+            gone = old_map.acting_set(cluster.pg(chunks[0][0]))[3]
+            expected = {}  # (chunk_hash, pg) -> (index, fragment bytes the OUT node held)
+            for chunk_hash, _ in chunks:
+                pg = cluster.pg(chunk_hash)
+                acting = old_map.acting_set(pg)
+                if gone in acting:
+                    index = acting.index(gone)
+                    expected[chunk_hash, pg] = (index, cluster.nodes[gone].fragment(chunk_hash, index, pg))
+            assert expected
+            await cluster.nodes[gone].server.stop(None)  # the node died
+            cluster.cluster_map = cluster.next_map(cluster.map_nodes(states={gone: NodeState.OUT}))
+            new_holders = {cluster.cluster_map.acting_set(pg)[index] for (_, pg), (index, _) in expected.items()}
+            assert gone not in new_holders
+            for holder_id in sorted(new_holders):
+                await cluster.agent(holder_id).scan_once()
+            for (chunk_hash, pg), (index, original) in expected.items():
+                holder = cluster.nodes[cluster.cluster_map.acting_set(pg)[index]]
+                assert holder.fragment(chunk_hash, index, pg) == original
+
+    asyncio.run(body())
+
+
+def test_moved_positions_are_copied_and_the_old_copy_deleted_only_after(coder: ErasureCoder, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with local_cluster(tmp_path, members=14) as cluster:
+            chunks = await write_chunks(cluster, coder, 8)
+            # A 15th node joins: some positions move to it; their old holders become former holders.
+            cluster.cluster_map = cluster.next_map(cluster.map_nodes())
+            newcomer = "node-14"
+            moved = []  # (chunk_hash, pg, index, former holder)
+            for chunk_hash, _ in chunks:
+                pg = cluster.pg(chunk_hash)
+                acting = cluster.cluster_map.acting_set(pg)
+                if newcomer in acting:
+                    index = acting.index(newcomer)
+                    formers = [n for n, p in cluster.cluster_map.former_positions[pg] if p == index]
+                    moved.append((chunk_hash, pg, index, formers[0]))
+            assert moved, "the new node got no position of a written chunk's PG"
+            chunk_hash, pg, index, former = moved[0]
+            original = cluster.nodes[former].fragment(chunk_hash, index, pg)
+            assert original is not None
+
+            # The old holder scans first: the new holder does not have it yet, so nothing is deleted.
+            early = await cluster.agent(former).scan_once()
+            assert early.misplaced >= 1 and early.misplaced_deleted == 0
+            assert cluster.nodes[former].fragment(chunk_hash, index, pg) == original
+
+            report = await cluster.agent(newcomer).scan_once()
+            assert report.copied == len(moved) and report.rebuilt == 0 and report.failed == 0
+            for moved_hash, moved_pg, moved_index, moved_from in moved:
+                assert cluster.nodes[newcomer].fragment(moved_hash, moved_index, moved_pg) == \
+                    cluster.nodes[moved_from].fragment(moved_hash, moved_index, moved_pg)
+
+            late = await cluster.agent(former).scan_once()
+            assert late.misplaced_deleted >= 1
+            assert cluster.nodes[former].fragment(chunk_hash, index, pg) is None
+            assert cluster.nodes[newcomer].fragment(chunk_hash, index, pg) == original
+            assert (await cluster.agent(former).scan_once()).misplaced == 0
+
+    asyncio.run(body())
+
+
+def test_a_stripe_with_fewer_than_10_fragments_is_unrecoverable_and_nothing_is_written(
+    coder: ErasureCoder, tmp_path: Path
+) -> None:
+    async def body() -> None:
+        async with local_cluster(tmp_path, members=14) as cluster:
+            [(chunk_hash, _)] = await write_chunks(cluster, coder, 1)
+            pg = cluster.pg(chunk_hash)
+            acting = cluster.cluster_map.acting_set(pg)
+            for index in range(5):  # 9 left; position 0 (the PG's primary) among the lost
+                assert cluster.nodes[acting[index]].engine.delete(chunk_hash, index, pg)
+            report = await cluster.agent(acting[0]).scan_once()
+            assert (report.tasks, report.rebuilt, report.copied, report.bytes_fetched) == (0, 0, 0, 0)
+            assert report.unrecoverable == 1
+            assert metric("coffer_repair_unrecoverable_stripes") == 1
+            assert cluster.nodes[acting[0]].fragment(chunk_hash, 0, pg) is None
+
+    asyncio.run(body())
