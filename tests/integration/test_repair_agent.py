@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ from storagenode.client import StorageNodePool
 from storagenode.engine import FragmentEngine
 from storagenode.errors import FragmentNotFound
 from storagenode.repair import RepairAgent
+from storagenode.repair_plan import primary_of
 from storagenode.servicer import StorageNodeServicer, add_to_server
 
 pytestmark = pytest.mark.integration
@@ -137,6 +138,13 @@ async def write_chunks(cluster: Cluster, coder: ErasureCoder, count: int) -> lis
     return chunks
 
 
+async def poll(condition: Callable[[], bool]) -> None:
+    """Return once ``condition()`` holds (the caller bounds the wait with a timeout)."""
+    # Polled: the conditions are metrics and on-disk state, which signal no event.
+    while not condition():  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+
+
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
@@ -202,11 +210,24 @@ def test_an_out_nodes_positions_are_rebuilt_on_their_new_holders(coder: ErasureC
                     expected[chunk_hash, pg] = (index, cluster.nodes[gone].fragment(chunk_hash, index, pg))
             assert expected
             await cluster.nodes[gone].server.stop(None)  # the node died
+            # DOWN first: nobody repairs around it, but the PG primaries count its stripes as degraded.
+            cluster.cluster_map = cluster.cluster_map.with_changes(
+                epoch=2, nodes=cluster.map_nodes(states={gone: NodeState.DOWN}))
+            degraded = 0
+            primaries = {primary_of(cluster.cluster_map, pg) for _, pg in expected}
+            assert gone not in primaries
+            for primary in sorted(p for p in primaries if p is not None):
+                report = await cluster.agent(primary).scan_once()
+                assert report.tasks == 0
+                degraded += report.degraded["1"]
+            assert degraded == len(expected)
             cluster.cluster_map = cluster.next_map(cluster.map_nodes(states={gone: NodeState.OUT}))
+            rebuilt = 0
             new_holders = {cluster.cluster_map.acting_set(pg)[index] for (_, pg), (index, _) in expected.items()}
             assert gone not in new_holders
             for holder_id in sorted(new_holders):
-                await cluster.agent(holder_id).scan_once()
+                rebuilt += (await cluster.agent(holder_id).scan_once()).rebuilt
+            assert rebuilt == len(expected)
             for (chunk_hash, pg), (index, original) in expected.items():
                 holder = cluster.nodes[cluster.cluster_map.acting_set(pg)[index]]
                 assert holder.fragment(chunk_hash, index, pg) == original
@@ -269,5 +290,28 @@ def test_a_stripe_with_fewer_than_10_fragments_is_unrecoverable_and_nothing_is_w
             assert report.unrecoverable == 1
             assert metric("coffer_repair_unrecoverable_stripes") == 1
             assert cluster.nodes[acting[0]].fragment(chunk_hash, 0, pg) is None
+
+    asyncio.run(body())
+
+
+def test_a_started_agent_scans_at_once_and_again_on_a_hint(coder: ErasureCoder, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with local_cluster(tmp_path, members=14) as cluster:
+            [(chunk_hash, _)] = await write_chunks(cluster, coder, 1)
+            pg = cluster.pg(chunk_hash)
+            node = cluster.holder(chunk_hash, 7)
+            original = node.fragment(chunk_hash, 7, pg)
+            agent = cluster.agent(node.node_id)
+            scans = metric("coffer_repair_scans_total")
+            await agent.start()
+            try:
+                async with asyncio.timeout(20):
+                    await poll(lambda: metric("coffer_repair_scans_total") > scans)  # the scan at start
+                    assert node.engine.delete(chunk_hash, 7, pg)
+                    agent.hint(pg)  # long before the 60 s interval
+                    await poll(lambda: node.fragment(chunk_hash, 7, pg) is not None)
+            finally:
+                await agent.stop()
+            assert node.fragment(chunk_hash, 7, pg) == original
 
     asyncio.run(body())
