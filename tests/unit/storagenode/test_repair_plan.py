@@ -1,7 +1,9 @@
-"""storagenode.repair_plan: the pure decisions of repair, from hand-built maps and listings (no I/O)."""
+"""storagenode.repair_plan: the pure decisions of repair, from hand-built maps and listings (no I/O);
+and the repair agent's token bucket on a fake clock."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import random
@@ -13,6 +15,7 @@ from common.erasure_code import fragment_bytes
 from common.layout import STRIPE_WIDTH
 from placement.cluster_map import ClusterMap, FailureDomain, Node, NodeState
 from storagenode.records import FragmentEntry
+from storagenode.repair import TokenBucket
 from storagenode.repair_plan import (
     PlacementGroupHealth,
     PlacementGroupPlan,
@@ -276,3 +279,31 @@ def test_entries_with_out_of_range_indexes_and_unknown_nodes_are_ignored() -> No
     listings["node-99"] = [entry(chunk(3), 5)]
     result = plan(listings)
     assert result.tasks == [] and result.misplaced == [] and result.unrecoverable_chunks == []
+
+
+# -- the repair agent's rate limit (pure arithmetic on a fake clock) -------------------------------
+
+
+def test_token_bucket_paces_bytes_and_lets_large_requests_go_into_debt(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    bucket = TokenBucket(100, clock=lambda: now[0])
+
+    async def body() -> None:
+        await bucket.acquire(100)  # the first second's burst
+        assert slept == []
+        await bucket.acquire(250)  # more than the bucket holds: waits for a full bucket, then owes 150
+        assert slept == [pytest.approx(1.0)]
+        await bucket.acquire(50)  # waits out the debt and its own 50
+        assert slept == [pytest.approx(1.0), pytest.approx(2.0)]
+
+    asyncio.run(body())
+    assert now[0] == pytest.approx(3.0)  # 400 bytes at 100 B/s, less the 100-byte burst
+    with pytest.raises(ValueError):
+        TokenBucket(0)
