@@ -14,14 +14,14 @@ import pytest
 from cli.status import collect, render_text, summarize
 from placement.cluster_map import ClusterMap, NodeState
 from placement.drain import cancel_drain, drain_requests, drain_requests_at, request_drain
-from placement.etcd import EtcdClient
+from placement.etcd import EtcdClient, EtcdUnavailable
 from placement.keys import DEFAULT_PREFIX, ClusterKeys
 from placement.service import PlacementService
 from placement.watcher import ClusterMapWatcher
 from storagenode.client import StorageNodeClient
 from tests.fixtures.etcd import EtcdServer
 from tests.fixtures.processes import free_port, port_open, stop_process, wait_until
-from tests.integration.test_placement import map_with, new_prefix, run, start_registrars
+from tests.integration.test_placement import eventually, map_with, new_prefix, run, start_registrars
 
 pytestmark = pytest.mark.integration
 
@@ -29,9 +29,24 @@ PG_COUNT = 32
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+async def etcd_ready(endpoint: str) -> None:
+    """Wait until etcd answers: the fixture only waits for its port, and the first gRPC handshake
+    to a just-started etcd can still fail on a loaded machine."""
+    async def answers() -> bool:
+        try:
+            async with EtcdClient(endpoint, timeout=2.0) as etcd:
+                await etcd.get("/ready-probe")
+        except EtcdUnavailable:
+            return False
+        return True
+
+    await eventually(answers, "etcd to answer")
+
+
 def test_drain_keys_round_trip(etcd_server: EtcdServer) -> None:
     async def scenario() -> None:
         prefix = new_prefix()
+        await etcd_ready(etcd_server.endpoint)
         async with EtcdClient(etcd_server.endpoint) as etcd:
             assert await drain_requests(etcd, prefix=prefix) == frozenset()
             assert await request_drain(etcd, "node-03", prefix=prefix, now=1234.5)
