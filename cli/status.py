@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -140,7 +140,8 @@ class ScrubProgress:
 class ClusterStatus:
     """Everything ``coffer status`` shows. ``stripes_missing``: ``missing`` label -> stripes summed
     over nodes (None: no node exports the gauge); ``at_risk_reasons`` empty when durability is not
-    at risk."""
+    at risk; ``drain_blocked``: some draining node keeps positions because the other nodes cannot
+    hold every stripe under the failure-domain rule."""
 
     epoch: int
     pg_count: int
@@ -148,6 +149,7 @@ class ClusterStatus:
     rule_level: str
     rule_satisfied: bool
     rule_detail: str
+    drain_blocked: bool
     nodes: tuple[NodeStatus, ...]
     pgs_clean: int
     pgs_degraded: int
@@ -245,10 +247,16 @@ def summarize(
 
     progress = [m.scrub_progress for m in scraped if m.scrub_progress is not None]
     down_waits = [row.out_in_seconds for row in rows if row.out_in_seconds is not None]
-    rule = rule_status({n: node for n, node in cluster_map.nodes.items()})
+    # Whether placement is possible at all (draining nodes count: they keep positions while blocked),
+    # and whether the drains can proceed.
+    rule = rule_status({n: replace(node, draining=False) for n, node in cluster_map.nodes.items()})
+    draining = [n for n, node in cluster_map.nodes.items() if node.draining]
+    drain_blocked = bool(draining) and any(positions.get(n, 0) for n in draining) and not rule_status(
+        cluster_map.nodes).satisfied
     return ClusterStatus(
         epoch=cluster_map.epoch, pg_count=cluster_map.pg_count, published_at=cluster_map.published_at,
         rule_level=rule.level, rule_satisfied=rule.satisfied, rule_detail=rule.detail,
+        drain_blocked=drain_blocked,
         nodes=tuple(rows), pgs_clean=cluster_map.pg_count - degraded_pgs, pgs_degraded=degraded_pgs,
         stripes_missing=stripes,
         repair=RepairProgress(
@@ -325,6 +333,9 @@ def render_text(status: ClusterStatus) -> str:
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
     lines.append("")
     lines.append(f"PLACEMENT GROUPS  {status.pgs_clean} clean · {status.pgs_degraded} degraded")
+    if status.drain_blocked:
+        lines.append("DRAIN             blocked: without the draining nodes no placement meets the failure-domain "
+                     "rule; add nodes (or `coffer node undrain ID`)")
     if status.stripes_missing is None:
         at_risk = "stripes missing fragments: - (no node exports repair metrics)"
     else:

@@ -183,3 +183,15 @@ def test_formatting() -> None:
     assert format_bytes(3 * GIB) == "3.0 GiB"
     assert format_duration(None) == "-" and format_duration(5) == "5s" and format_duration(192) == "3m12s"
     assert format_duration(7300) == "2h01m"
+
+
+def test_blocked_drain_is_reported() -> None:
+    cluster_map, registrations = cluster(14)
+    blocked = next_cluster_map(cluster_map, registrations, T0 + 1, drains=frozenset({"node-03"}))
+    assert blocked is not None and blocked.node("node-03").draining
+    status = summarize(blocked, registrations, {}, {}, T0 + 2)
+    assert status.drain_blocked and status.rule_satisfied  # placement itself still works
+    assert "DRAIN             blocked" in render_text(status)
+    unblocked = next_cluster_map(cluster(15)[0], cluster(15)[1], T0 + 1, drains=frozenset({"node-03"}))
+    assert unblocked is not None
+    assert not summarize(unblocked, registrations, {}, {}, T0 + 2).drain_blocked
