@@ -121,10 +121,11 @@ async def _wait_empty(etcd: EtcdClient, node_id: str, timeout: float, prefix: st
         positions = positions_held(cluster_map, node_id)
         address = registrations[node_id].address if node_id in registrations else node.address
         if not node.draining:
-            report = (f"epoch {cluster_map.epoch}: placement has not flagged {node_id} draining yet "
-                      "(is the placement service running? is the drain blocked? see its log)")
+            report = (f"waiting for placement to publish a map with {node_id} draining (epoch "
+                      f"{cluster_map.epoch} so far; if this lasts, check that the placement service runs)")
         elif positions:
-            report = f"epoch {cluster_map.epoch}: {node_id} still holds {positions} positions (drain blocked?)"
+            report = (f"epoch {cluster_map.epoch}: {node_id} still holds {positions} positions: the drain is "
+                      "blocked until nodes are added (see `coffer status`)")
         elif node.state != NodeState.UP:
             report = f"{node_id} is {node.state.value}: its remaining fragments cannot be counted"
         else:
@@ -141,9 +142,8 @@ async def _wait_empty(etcd: EtcdClient, node_id: str, timeout: float, prefix: st
                     report = f"{node_id}: cannot list its fragments ({error})"
                 else:
                     if exact == 0:
-                        _say(f"{node_id} holds no fragments: safe to remove "
-                             f"(epoch {cluster_map.epoch}). Stop it, then `coffer node undrain {node_id}` "
-                             "only if it should take data again.")
+                        _say(f"{node_id} holds no fragments: safe to remove (epoch {cluster_map.epoch}). "
+                             f"To keep it instead, `coffer node undrain {node_id}` gives it data again.")
                         return 0
                     report = f"{node_id} is in no acting set; {exact} fragments left to hand over"
         if report != last_report:

@@ -94,7 +94,8 @@ def parse_metrics(text: str) -> NodeMetrics:
 @dataclass(frozen=True)
 class NodeStatus:
     """One node's row. Bytes in bytes; ``fragments``/``corrupt`` from ``Health`` (None: no answer
-    or not asked); ``reachable`` None when not asked (OUT or DOWN); ``out_in_seconds``: for a DOWN
+    or not asked); ``reachable`` None when not asked (OUT nodes), False when asked without an
+    answer (expected of a DOWN node; a durability risk for an UP one); ``out_in_seconds``: for a DOWN
     node, seconds until it is marked OUT (None otherwise); ``positions``: acting-set positions held."""
 
     node_id: str
@@ -323,7 +324,7 @@ def render_text(status: ClusterStatus) -> str:
         state = row.state
         if row.out_in_seconds is not None:
             state += f" (out in {format_duration(row.out_in_seconds)})"
-        if row.reachable is False:
+        if row.reachable is False and row.state == "up":
             state += " (no answer)"
         table.append((row.node_id, state, "draining" if row.draining else "-", row.failure_domain,
                       format_bytes(row.used_bytes), format_bytes(row.free_bytes), _count(row.fragments),
