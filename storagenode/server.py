@@ -2,8 +2,9 @@
 
 Opens the volumes, serves ``StorageNode`` over gRPC (uvloop, 64 MiB message limits), exposes
 Prometheus metrics and, given ``--etcd``, registers the node under a lease through
-``placement.registration.NodeRegistrar``. SIGTERM / SIGINT: stop accepting calls, let calls in
-progress finish, close RocksDB, revoke the lease, exit 0.
+``placement.registration.NodeRegistrar``, watches the cluster map and runs repair; the scrubber
+runs in every node (``storagenode.background``). SIGTERM / SIGINT: stop accepting calls, stop the
+background work, let calls in progress finish, close RocksDB, revoke the lease, exit 0.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
@@ -25,6 +26,7 @@ from common.logs import setup_logging
 from common.malloc import tune_malloc
 from common.metrics import serve_metrics
 from proto import cluster_pb2
+from storagenode.background import DurabilitySettings, NodeBackground
 from storagenode.engine import FragmentEngine
 from storagenode.errors import StorageError
 from storagenode.servicer import StorageNodeServicer, add_to_server
@@ -51,7 +53,8 @@ class NodeConfig:
     ``listen`` is ``host:port`` (bind 127.0.0.1 in tests); ``volumes`` the RocksDB directories, in a
     fixed order; ``etcd`` ``host:port`` or None to run unregistered; ``capacity_bytes`` what the
     node advertises; ``metrics_port`` 0 picks a free port; ``lease_ttl_seconds`` the registration
-    lease; ``drain_seconds`` how long calls in progress may take to finish at shutdown.
+    lease; ``drain_seconds`` how long calls in progress may take to finish at shutdown;
+    ``durability`` what repair and scrub run with.
     """
 
     node_id: str
@@ -66,6 +69,7 @@ class NodeConfig:
     lease_ttl_seconds: float = 5.0
     drain_seconds: float = 10.0
     engine_threads: int = 8
+    durability: DurabilitySettings = field(default_factory=DurabilitySettings)
 
 
 USAGE_REPORT_SECONDS = 10.0
@@ -103,6 +107,7 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
     server = grpc.aio.server(options=SERVER_OPTIONS)
     add_to_server(servicer, server)
     registrar: _Registrar | None = None
+    background = NodeBackground(config.node_id, engine, executor, config.etcd, config.durability)
     try:
         port = server.add_insecure_port(config.listen)
         if port == 0:
@@ -114,7 +119,9 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
                                                  "volumes": ",".join(config.volumes)}})
         if config.etcd:
             registrar = await _register(config, engine, address, f"{_host_of(config.listen)}:{metrics_port}")
+        await background.start()
         await _report_usage_until(stop, engine, registrar)
+        await background.stop()
         if registrar is not None:
             # Leave the cluster map first (lease revoked -> DOWN), so frontends route around this
             # node while it drains instead of sending it requests it will refuse.
@@ -125,6 +132,7 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
         await server.stop(config.drain_seconds)
         await servicer.wait_idle()
     finally:
+        await background.stop()
         await server.stop(0)
         await asyncio.to_thread(executor.shutdown, True)
         await asyncio.to_thread(engine.close)
@@ -188,11 +196,30 @@ def parse_args(argv: list[str] | None) -> NodeConfig:
     parser.add_argument("--capacity-bytes", type=int, required=True)
     parser.add_argument("--metrics-port", type=int, required=True)
     parser.add_argument("--lease-ttl", type=float, default=5.0, help="registration lease, seconds")
+    defaults = DurabilitySettings()
+    parser.add_argument("--repair-bytes-per-second", type=float, default=defaults.repair_bytes_per_second,
+                        help="bytes repair may fetch from other nodes per second")
+    parser.add_argument("--repair-scan-interval", type=float, default=defaults.repair_scan_interval,
+                        help="seconds between repair scans of this node's placement groups")
+    parser.add_argument("--scrub-period", type=float, default=defaults.scrub_period,
+                        help="seconds a full scrub pass over every fragment should take")
+    parser.add_argument("--scrub-max-bytes-per-second", type=float, default=defaults.scrub_max_bytes_per_second,
+                        help="the scrub never reads faster than this")
+    parser.add_argument("--no-repair", action="store_true", help="do not run the repair agent")
+    parser.add_argument("--no-scrub", action="store_true", help="do not run the scrubber")
     args = parser.parse_args(argv)
+    for flag in ("repair_bytes_per_second", "repair_scan_interval", "scrub_period", "scrub_max_bytes_per_second"):
+        if not getattr(args, flag) > 0:
+            parser.error(f"--{flag.replace('_', '-')} must be a positive number")
     return NodeConfig(
         node_id=args.node_id, listen=args.listen, volumes=tuple(args.volumes), zone=args.zone,
         rack=args.rack, host=args.host, capacity_bytes=args.capacity_bytes,
         metrics_port=args.metrics_port, etcd=args.etcd, lease_ttl_seconds=args.lease_ttl,
+        durability=DurabilitySettings(
+            repair=not args.no_repair, repair_bytes_per_second=args.repair_bytes_per_second,
+            repair_scan_interval=args.repair_scan_interval, scrub=not args.no_scrub,
+            scrub_period=args.scrub_period, scrub_max_bytes_per_second=args.scrub_max_bytes_per_second,
+        ),
     )
 
 

@@ -63,6 +63,8 @@ class StorageNodeProcess:
             "--node-id", self.node_id, "--listen", self.address, "--volume", str(self.volume),
             "--zone", "zone-a", "--rack", "rack-a", "--host", f"host-{self.node_id}",
             "--capacity-bytes", str(10 * 2**30), "--metrics-port", str(free_port()),
+            # The read-path tests damage fragments on disk: a scrub would remove them first.
+            "--no-scrub",
         ]  # fmt: skip
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
