@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import logging
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import Counter
 
+from common.erasure_code import next_combination
 from common.layout import CHUNK_HASH_BYTES, DATA_FRAGMENTS, STRIPE_WIDTH, WRITE_QUORUM, placement_group
 from frontend.datapath_errors import ChunkCorrupt, ChunkUnavailable, InsufficientFragments
 from frontend.erasure import (
@@ -452,7 +452,7 @@ class _StripeRead:
         while True:
             outstanding = [t for i, t in self.tasks.items() if i not in self.good and i not in self.failed]
             if not outstanding and len(self.tasks) < STRIPE_WIDTH and \
-                    (len(self.good) < DATA_FRAGMENTS or _next_combination(self.good, tried) is None):
+                    (len(self.good) < DATA_FRAGMENTS or next_combination(self.good, tried) is None):
                 # The map may be stale: try the nodes it calls DOWN before giving up.
                 self._fetch(range(STRIPE_WIDTH))
                 continue
@@ -463,7 +463,7 @@ class _StripeRead:
                 continue
             if len(self.good) < DATA_FRAGMENTS:
                 raise ChunkUnavailable(self.hex_hash, len(self.good), DATA_FRAGMENTS)
-            combination = _next_combination(self.good, tried)
+            combination = next_combination(self.good, tried)
             if combination is None:
                 if outstanding:
                     # Every combination of what we have is bad: wait for one more fragment.
@@ -512,31 +512,6 @@ class _StripeRead:
         for task in self.tasks.values():
             if not task.cancelled():
                 task.exception()  # mark retrieved: no "exception was never retrieved" noise
-
-
-def _next_combination(good: Mapping[int, object], tried: set[frozenset[int]]) -> frozenset[int] | None:
-    """Next 10 good fragment indexes to decode from, or None when every combination was tried.
-
-    The lowest 10 first (data fragments decode fastest), then sets that leave out a window of
-    ``n - 10`` consecutive fragments, rotating, so that any single bad fragment among ``n`` good
-    ones is left out within ``ceil(n / (n - 10))`` more tries; then every other combination.
-    """
-    indexes = sorted(good)
-    count = len(indexes)
-    drop = count - DATA_FRAGMENTS
-    candidates: list[frozenset[int]] = [frozenset(indexes[:DATA_FRAGMENTS])]
-    if drop > 0:
-        for first in range(0, count, drop):
-            left_out = {indexes[(first + j) % count] for j in range(drop)}
-            candidates.append(frozenset(indexes) - left_out)
-    for candidate in candidates:
-        if candidate not in tried:
-            return candidate
-    for combination in itertools.combinations(indexes, DATA_FRAGMENTS):
-        candidate = frozenset(combination)
-        if candidate not in tried:
-            return candidate
-    return None
 
 
 def _sha256(pieces: Iterable[bytes | memoryview]) -> bytes:
