@@ -178,6 +178,8 @@ class UpOptions:
     pg_count: int | None
     down_out_interval: float | None
     timeout: float
+    node_args: tuple[str, ...] | None = None
+    frontend_args: tuple[str, ...] | None = None
 
 
 def find_etcd() -> str:
@@ -204,6 +206,7 @@ def _resolve_settings(options: UpOptions) -> Settings:
             base_port=options.base_port, pg_count=options.pg_count or DEFAULT_PG_COUNT,
             down_out_interval=(DEFAULT_DOWN_OUT_INTERVAL_SECONDS if options.down_out_interval is None
                                else options.down_out_interval))
+        _apply_extra_args(settings, options)
         return settings
     fixed = {"--nodes": (options.nodes, settings.nodes), "--port": (options.port, settings.frontend_port),
              "--pg-count": (options.pg_count, settings.pg_count)}
@@ -214,7 +217,17 @@ def _resolve_settings(options: UpOptions) -> Settings:
                 f"--data {options.data_dir}` without {flag}, or use a new --data directory")
     if options.down_out_interval is not None:
         settings.down_out_interval = options.down_out_interval  # safe to change between runs
+    _apply_extra_args(settings, options)
     return settings
+
+
+def _apply_extra_args(settings: Settings, options: UpOptions) -> None:
+    """Extra node / frontend flags given to this ``up`` replace the persisted ones (not given:
+    the persisted ones stay); they only tune processes, so they may change between runs."""
+    if options.node_args is not None:
+        settings.node_args = list(options.node_args)
+    if options.frontend_args is not None:
+        settings.frontend_args = list(options.frontend_args)
 
 
 def _check_ports_free(specs: Sequence[ProcessSpec], settings: Settings) -> None:

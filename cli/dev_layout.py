@@ -61,7 +61,9 @@ class Settings:
 
     ``ports`` maps a process name (``etcd``, ``node-01``, ``placement``, ``frontend``) to
     ``{"port": int | None, "metrics_port": int}``; ``etcd_peer_port`` is etcd's raft port.
-    ``capacity_bytes`` is what every storage node advertises.
+    ``capacity_bytes`` is what every storage node advertises. ``node_args`` / ``frontend_args`` are
+    extra flags appended to every storage node's / the frontend's command line (e.g.
+    ``--repair-scan-interval=1``); settings files without them still load.
     """
 
     nodes: int
@@ -71,6 +73,8 @@ class Settings:
     etcd_peer_port: int
     ports: dict[str, dict[str, int | None]] = field(default_factory=dict)
     format_version: int = SETTINGS_FORMAT_VERSION
+    node_args: list[str] = field(default_factory=list)
+    frontend_args: list[str] = field(default_factory=list)
 
     @property
     def frontend_port(self) -> int:
@@ -270,7 +274,7 @@ def process_specs(data_dir: Path, settings: Settings, etcd_binary: str) -> list[
                 "--volume", str(data_dir / "nodes" / node_id / "volume-0"), "--etcd", etcd,
                 "--zone", domain.zone, "--rack", domain.rack, "--host", domain.host,
                 "--capacity-bytes", str(settings.capacity_bytes),
-                "--metrics-port", str(ports["metrics_port"])),
+                "--metrics-port", str(ports["metrics_port"]), *settings.node_args),
         ))
     placement_metrics = settings.ports["placement"]["metrics_port"]
     specs.append(ProcessSpec(
@@ -289,7 +293,7 @@ def process_specs(data_dir: Path, settings: Settings, etcd_binary: str) -> list[
         command=_python_entry(
             "frontend", "--listen", f"{LOOPBACK}:{frontend['port']}", "--etcd", etcd,
             "--metadata", str(data_dir / "metadata.sqlite3"),
-            "--metrics-port", str(frontend["metrics_port"]), "--region", REGION),
+            "--metrics-port", str(frontend["metrics_port"]), "--region", REGION, *settings.frontend_args),
     ))
     return specs
 

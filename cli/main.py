@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds a node may be down before it is marked out (default 600)")
     up.add_argument("--timeout", type=_seconds, default=180.0,
                     help="seconds to wait for the cluster to become ready (default 180)")
+    up.add_argument("--node-arg", action="append", default=None, metavar="FLAG", dest="node_args",
+                    help="extra flag for every storage node, written with '=': --node-arg=--repair-scan-interval=1 "
+                         "(repeatable; kept for later runs; given again, replaces the kept list)")
+    up.add_argument("--frontend-arg", action="append", default=None, metavar="FLAG", dest="frontend_args",
+                    help="extra flag for the frontend, e.g. --frontend-arg=--gc-grace=2 (repeatable; kept like "
+                         "--node-arg)")
 
     status = dev_commands.add_parser("status", help="show every process and whether it is up")
     status.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help=data_help)
@@ -204,7 +210,9 @@ def _run(arguments: argparse.Namespace) -> int:
             return dev_cluster.up(dev_cluster.UpOptions(
                 data_dir=arguments.data, nodes=arguments.nodes, port=arguments.port,
                 base_port=arguments.base_port, detach=arguments.detach, pg_count=arguments.pg_count,
-                down_out_interval=arguments.down_out_interval, timeout=arguments.timeout))
+                down_out_interval=arguments.down_out_interval, timeout=arguments.timeout,
+                node_args=tuple(arguments.node_args) if arguments.node_args is not None else None,
+                frontend_args=tuple(arguments.frontend_args) if arguments.frontend_args is not None else None))
         if action == "status":
             return dev_cluster.status(arguments.data, arguments.json)
         if action == "down":

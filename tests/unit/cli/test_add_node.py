@@ -78,3 +78,39 @@ def test_status_against_no_etcd_says_what_to_do(capsys: pytest.CaptureFixture[st
     assert main(["status", "--etcd", f"127.0.0.1:{free_port()}"]) == 1
     error = capsys.readouterr().err
     assert "does not answer" in error and "coffer dev up" in error
+
+
+def test_extra_node_and_frontend_flags_reach_the_commands_and_persist(tmp_path: Path) -> None:
+    import json
+
+    from cli.dev_cluster import UpOptions, _resolve_settings
+
+    arguments = build_parser().parse_args([
+        "dev", "up", "--node-arg=--repair-scan-interval=1", "--node-arg=--no-scrub", "--frontend-arg=--gc-grace=2"])
+    assert arguments.node_args == ["--repair-scan-interval=1", "--no-scrub"]
+    options = UpOptions(data_dir=tmp_path, nodes=14, port=0, base_port=22000, detach=True, pg_count=None,
+                        down_out_interval=None, timeout=10.0, node_args=tuple(arguments.node_args),
+                        frontend_args=tuple(arguments.frontend_args))
+    settings = _resolve_settings(options)
+    save_settings(tmp_path, settings)
+    specs = {spec.name: spec for spec in process_specs(tmp_path, settings, "/usr/bin/etcd")}
+    assert specs["node-03"].command[-2:] == ("--repair-scan-interval=1", "--no-scrub")
+    assert specs["frontend"].command[-1] == "--gc-grace=2"
+    assert "--no-scrub" not in specs["placement"].command
+    # Not given again: the persisted flags stay (and a node added later gets them too).
+    again = _resolve_settings(UpOptions(data_dir=tmp_path, nodes=None, port=None, base_port=0, detach=True,
+                                        pg_count=None, down_out_interval=None, timeout=10.0))
+    assert again.node_args == ["--repair-scan-interval=1", "--no-scrub"]
+    add_node_to_settings(again, iter([29001, 29002]))
+    added = next(s for s in process_specs(tmp_path, again, "/usr/bin/etcd") if s.name == "node-15")
+    assert added.command[-1] == "--no-scrub"
+    # Given again: replaced. A settings file from before these fields still loads.
+    replaced = _resolve_settings(UpOptions(data_dir=tmp_path, nodes=None, port=None, base_port=0, detach=True,
+                                           pg_count=None, down_out_interval=None, timeout=10.0,
+                                           node_args=("--repair-bytes-per-second=1000",)))
+    assert replaced.node_args == ["--repair-bytes-per-second=1000"] and replaced.frontend_args == ["--gc-grace=2"]
+    raw = json.loads((tmp_path / "settings.json").read_text())
+    del raw["node_args"], raw["frontend_args"]
+    (tmp_path / "settings.json").write_text(json.dumps(raw))
+    old = load_settings(tmp_path)
+    assert old is not None and old.node_args == [] and old.frontend_args == []
