@@ -2,12 +2,14 @@
 
 ``coffer frontend --listen 127.0.0.1:9000 --etcd 127.0.0.1:2379 --metadata PATH`` runs it. Besides
 S3 it answers ``GET /-/health`` (200 while the process runs) and ``GET /-/ready`` (200 once a cluster
-map is loaded with at least a write quorum of nodes up; 503 before, with the reason).
+map is loaded with at least a write quorum of nodes up; 503 before, with the reason). Unless
+``--no-gc``, it also runs garbage collection (frontend/garbage_collector.py) once the map is loaded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -23,6 +25,7 @@ from frontend.chunk_store import ChunkStore
 from frontend.cluster_view import ClusterView
 from frontend.config import FrontendConfig, parse_args
 from frontend.erasure import ErasureCoder
+from frontend.garbage_collector import GarbageCollector
 from frontend.s3.context import S3Services
 from frontend.s3.dispatch import S3Dispatcher
 from frontend.upload_budget import UploadBudget
@@ -45,9 +48,16 @@ class Frontend:
     nodes: StorageNodePool
     runner: web.AppRunner
     port: int
+    collector: GarbageCollector | None = None
+    background: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
-        """Stop accepting requests, finish in-flight ones, then release workers and connections."""
+        """Stop garbage collection and accepting requests, finish in-flight ones, then release
+        workers and connections."""
+        if self.background is not None:
+            self.background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.background
         await self.runner.cleanup()
         await self.watcher.stop()
         await self.nodes.close()
@@ -121,9 +131,22 @@ async def start_frontend(config: FrontendConfig) -> Frontend:
             except (TimeoutError, OSError) as exc:
                 log.warning("no cluster map yet; retrying", extra={"fields": {"error": repr(exc)}})
 
-    asyncio.get_running_loop().create_task(load_map())
+    collector = None
+    if config.gc_enabled:
+        collector = GarbageCollector(
+            metadata, view.current, nodes, grace_seconds=config.gc_grace_seconds,
+            interval_seconds=config.gc_interval_seconds, orphan_grace_seconds=config.orphan_grace_seconds,
+            orphan_sweep_interval_seconds=config.orphan_sweep_interval_seconds,
+            pin_ttl_seconds=config.pin_ttl_seconds)
+
+    async def background() -> None:
+        await load_map()
+        if collector is not None:
+            await collector.run()
+
+    task = asyncio.get_running_loop().create_task(background())
     return Frontend(config=config, services=services, watcher=watcher, view=view, coder=coder, nodes=nodes,
-                    runner=runner, port=port)
+                    runner=runner, port=port, collector=collector, background=task)
 
 
 async def _run(config: FrontendConfig) -> None:

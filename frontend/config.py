@@ -26,6 +26,16 @@ class FrontendConfig:
     (new stripes are sent in batches of half as many).
     ``erasure_workers``: processes that run the erasure coder. ``upload_memory_bytes``: memory all
     uploads in progress may hold together (beyond it, uploads wait their turn).
+
+    Garbage collection (frontend/garbage_collector.py; seconds): ``gc_enabled`` runs the collector
+    in this process. ``gc_grace_seconds``: how long a chunk stays unreferenced before it is
+    collected (must exceed the longest GET: it protects readers that loaded an object record just
+    before its deletion). ``gc_interval_seconds``: between collection passes.
+    ``orphan_grace_seconds``: the minimum age of a fragment without a chunk record before the
+    orphan sweep deletes it (must exceed the time between a write's pin and its fragments landing).
+    ``orphan_sweep_interval_seconds``: between sweeps. ``pin_ttl_seconds``: a writer's pin older
+    than this is dropped (must exceed the longest PUT or UploadPart). ``gc_wait_seconds``: how long a
+    write waits for a chunk being collected before answering 503 SlowDown.
     """
 
     listen_host: str = "127.0.0.1"
@@ -40,6 +50,13 @@ class FrontendConfig:
     erasure_workers: int = 2
     map_timeout_seconds: float = 60.0
     upload_memory_bytes: int = 1024**3
+    gc_enabled: bool = True
+    gc_grace_seconds: float = 3600.0
+    gc_interval_seconds: float = 60.0
+    orphan_grace_seconds: float = 3600.0
+    orphan_sweep_interval_seconds: float = 3600.0
+    pin_ttl_seconds: float = 86400.0
+    gc_wait_seconds: float = 10.0
 
 
 def parse_args(argv: list[str] | None) -> FrontendConfig:
@@ -62,7 +79,22 @@ def parse_args(argv: list[str] | None) -> FrontendConfig:
     parser.add_argument("--erasure-workers", type=int, default=2)
     parser.add_argument("--upload-memory", type=int, default=1024**3,
                         help="bytes all uploads in progress may hold together (default 1 GiB)")
+    parser.add_argument("--gc-grace", type=float, default=3600.0,
+                        help="seconds a chunk stays unreferenced before garbage collection deletes it")
+    parser.add_argument("--gc-interval", type=float, default=60.0, help="seconds between collection passes")
+    parser.add_argument("--orphan-grace", type=float, default=3600.0,
+                        help="minimum age in seconds of a fragment without a chunk record before the sweep deletes it")
+    parser.add_argument("--orphan-sweep-interval", type=float, default=3600.0,
+                        help="seconds between orphan sweeps")
+    parser.add_argument("--pin-ttl", type=float, default=86400.0,
+                        help="seconds after which a writer's chunk pin expires (longer than any PUT)")
+    parser.add_argument("--gc-wait", type=float, default=10.0,
+                        help="seconds a write waits for a chunk being collected before answering 503")
+    parser.add_argument("--no-gc", action="store_true", help="do not run garbage collection in this frontend")
     args = parser.parse_args(argv)
+    for name in ("gc_grace", "gc_interval", "orphan_grace", "orphan_sweep_interval", "pin_ttl", "gc_wait"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0")
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         parser.error(f"--listen must be host:port, got {args.listen!r}")
@@ -78,4 +110,11 @@ def parse_args(argv: list[str] | None) -> FrontendConfig:
         parallel_chunks=args.parallel_chunks,
         erasure_workers=args.erasure_workers,
         upload_memory_bytes=args.upload_memory,
+        gc_enabled=not args.no_gc,
+        gc_grace_seconds=args.gc_grace,
+        gc_interval_seconds=args.gc_interval,
+        orphan_grace_seconds=args.orphan_grace,
+        orphan_sweep_interval_seconds=args.orphan_sweep_interval,
+        pin_ttl_seconds=args.pin_ttl,
+        gc_wait_seconds=args.gc_wait,
     )

@@ -1,7 +1,7 @@
 """Errors of the frontend data path (erasure coding, stripes, object bodies).
 
 Domain errors only: the S3 layer maps them once at its boundary. ``InsufficientFragments``,
-``ChunkUnavailable`` and ``ChunkCorrupt`` are retryable (the frontend answers 503 Service
+``ChunkUnavailable``, ``ChunkCorrupt`` and ``ChunkBeingCollected`` are retryable (the frontend answers 503 Service
 Unavailable so SDKs retry); ``EntityTooLarge`` is the client's fault (400 EntityTooLarge).
 """
 
@@ -57,6 +57,21 @@ class ChunkCorrupt(DataPathError):
         message = f"chunk {chunk_hash}: rebuilt bytes do not match the chunk hash"
         super().__init__(f"{message} ({detail})" if detail else message)
         self.chunk_hash = chunk_hash
+
+
+class ChunkBeingCollected(DataPathError):
+    """A write needs a chunk that garbage collection is still deleting, and it did not finish
+    within the wait (answered 503 SlowDown; the retry writes the chunk afresh).
+
+    Attributes: ``chunk_hash`` (hex), ``waited_seconds``.
+    """
+
+    retryable = True
+
+    def __init__(self, chunk_hash: str, waited_seconds: float) -> None:
+        super().__init__(f"chunk {chunk_hash} is being garbage collected (waited {waited_seconds:g} s)")
+        self.chunk_hash = chunk_hash
+        self.waited_seconds = waited_seconds
 
 
 class EntityTooLarge(DataPathError):

@@ -2,13 +2,19 @@
 
 Write (design brief, "Write path" 1-5): the body is cut into fixed ``chunk_size`` chunks at stream
 offsets (the last one shorter). Per chunk, SHA-256 is computed in a thread; the stream's MD5 and
-the caller's checksum observers are fed every chunk in stream order, also in a thread. Chunks the
-metadata store already holds are not written again (dedup); new ones are written as stripes, in
-batches of up to ``parallel_chunks // 2`` stripes sent together (each node then takes its fragments
-of the batch in one message and one group commit). At most ``parallel_chunks`` chunks are in
-progress, so memory stays bounded by about ``(parallel_chunks + 1) * chunk_size``.
-Nothing is recorded in metadata here: the caller commits metadata after this returns ("blocks
-first, then metadata").
+the caller's checksum observers are fed every chunk in stream order, also in a thread. Every chunk is
+pinned in the metadata store under the request's pin id before anything is written
+(``ChunkIndex.pin_chunks``, which also answers the dedup question); the pins of chunks hashed
+meanwhile go in one transaction, like a group commit. LIVE chunks are not written again (dedup);
+new ones are written as stripes, in batches of up to ``parallel_chunks // 2`` stripes sent together
+(each node then takes its fragments of the batch in one message and one group commit). A chunk
+that garbage collection is deleting makes the write wait (50 ms, doubling, at most 1 s between
+tries) and pin again; after ``collection_wait_seconds`` it fails with ``ChunkBeingCollected``.
+At most ``parallel_chunks`` chunks are in progress, so memory stays bounded by about
+``(parallel_chunks + 1) * chunk_size``.
+Nothing but pins is recorded in metadata here: the caller commits metadata with the pin id after
+this returns ("blocks first, then metadata"), or calls ``release_pins`` on failure. The protocol
+and why it is race-free: metadata/store.py.
 
 Read: ``read_stream`` yields the bytes of an object range chunk by chunk while the next chunk is
 already being fetched.
@@ -18,17 +24,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import hashlib
+import logging
+import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from prometheus_client import Counter
 
 from common.layout import CHUNK_SIZE
 from frontend.chunk_store import ChunkStore, ChunkToWrite
-from frontend.datapath_errors import EntityTooLarge
+from frontend.datapath_errors import ChunkBeingCollected, EntityTooLarge
 from frontend.erasure import ChunkBuffer
-from metadata.records import ChunkRef
+from metadata.records import ChunkRef, PinResult
+
+log = logging.getLogger("frontend.object_io")
+
+T = TypeVar("T")
+
+#: How long a write waits, by default, for garbage collection to finish a chunk it needs (seconds).
+COLLECTION_WAIT_SECONDS = 10.0
+_FIRST_RETRY_SECONDS = 0.05
+_MAX_RETRY_SECONDS = 1.0
+
+PUT_WAITS = Counter("coffer_gc_put_waits_total",
+                    "Chunk pins of writes that found the chunk being garbage collected and waited")
 
 #: Chunks fetched ahead of the one being sent by ``read_stream`` (the one being sent included).
 #: The window is refilled once half of it is consumed, with its fetches started together, so
@@ -45,23 +68,64 @@ class Hasher(Protocol):
 
 
 class ChunkIndex(Protocol):
-    """What ``write_stream`` needs of the metadata store (blocking; called in a thread)."""
+    """What ``write_stream`` needs of the metadata store (blocking; called in a thread).
+    ``metadata.MetadataStore`` implements it; see its docstrings for the full rules."""
 
-    def chunks_present(self, hashes: Iterable[str]) -> set[str]:
-        """Return which of ``hashes`` (64-char lowercase hex SHA-256) are already stored."""
+    def pin_chunks(self, pin_id: str, chunks: Sequence[ChunkRef]) -> PinResult:
+        """Pin ``chunks`` (hash and size) for the writer ``pin_id``; say which are LIVE (dedup),
+        which to write, and which garbage collection is deleting (not pinned)."""
         ...
+
+    def release_pins(self, pin_id: str) -> int:
+        """Drop every pin of ``pin_id``; return how many there were."""
+        ...
+
+
+def new_pin_id() -> str:
+    """A fresh pin id for one request's writes (32 hex characters, uuid4)."""
+    return uuid.uuid4().hex
+
+
+async def run_to_completion(function: Callable[..., T], *args: Any) -> T:
+    """Run the blocking ``function(*args)`` in a thread; if the caller is cancelled meanwhile, wait
+    until the thread has finished before re-raising, so a metadata transaction the caller started
+    has committed or failed by the time its cleanup (``release_pins``) runs."""
+    task = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
+
+
+async def release_pins(metadata: ChunkIndex, pin_id: str) -> None:
+    """Release a failed request's pins (its chunks become collectable after the grace period).
+    Never raises but CancelledError: a pin that cannot be released expires after the pin TTL."""
+    try:
+        await run_to_completion(metadata.release_pins, pin_id)
+    except Exception as exc:
+        log.warning("could not release pins; they expire with the pin TTL",
+                    extra={"fields": {"pin_id": pin_id, "error": repr(exc)}})
+
+
+class _PinAnswer(enum.Enum):
+    PRESENT = "present"
+    TO_WRITE = "to_write"
+    BEING_COLLECTED = "being_collected"
 
 
 @dataclass(frozen=True)
 class WrittenContent:
     """What ``write_stream`` stored: ``size`` bytes, the MD5 of the whole body (hex), the chunk list
-    in body order (hex hash, size, offset within the body) and how many distinct chunks were new
-    (written as stripes) rather than deduplicated."""
+    in body order (hex hash, size, offset within the body), how many distinct chunks were new
+    (written as stripes) rather than deduplicated, and the ``pin_id`` that pins every chunk (commit
+    with it, or release it)."""
 
     size: int
     md5_hex: str
     chunks: tuple[ChunkRef, ...]
     new_chunk_count: int
+    pin_id: str
 
 
 def _new_chunk_target(store: ChunkStore, chunk_size: int) -> tuple[ChunkBuffer | None, memoryview]:
@@ -90,10 +154,16 @@ class _ChunkWriter:
     """
 
     def __init__(
-        self, store: ChunkStore, metadata: ChunkIndex, hashers: Sequence[Hasher], parallel_chunks: int
+        self, store: ChunkStore, metadata: ChunkIndex, hashers: Sequence[Hasher], parallel_chunks: int,
+        pin_id: str, collection_wait_seconds: float,
     ) -> None:
         self.store = store
         self.metadata = metadata
+        self.pin_id = pin_id
+        self.collection_wait_seconds = collection_wait_seconds
+        # Chunks waiting for their pin; one pin transaction takes all that queued meanwhile.
+        self.pin_queue: list[tuple[ChunkRef, asyncio.Future[_PinAnswer]]] = []
+        self.pinner: asyncio.Task[None] | None = None
         self.hashers = hashers
         self.parallel_chunks = parallel_chunks
         self.stripes_per_batch = max(1, parallel_chunks // 2)
@@ -172,11 +242,11 @@ class _ChunkWriter:
         self, digest: bytes, hex_hash: str, chunk: memoryview, buffer: ChunkBuffer | None
     ) -> bool:
         try:
-            present = await asyncio.to_thread(self.metadata.chunks_present, [hex_hash])
+            answer = await self._pin_when_not_collected(ChunkRef(hash=hex_hash, size=len(chunk), offset=0))
         except BaseException:
             self._decided()
             raise
-        if hex_hash in present:
+        if answer is _PinAnswer.PRESENT:
             self._decided()
             return False
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -184,6 +254,67 @@ class _ChunkWriter:
         self._decided()
         await written
         return True
+
+    async def _pin_when_not_collected(self, ref: ChunkRef) -> _PinAnswer:
+        """Pin ``ref``; while garbage collection is deleting it, wait with backoff and pin again.
+        Raises ChunkBeingCollected after ``collection_wait_seconds``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.collection_wait_seconds
+        delay = _FIRST_RETRY_SECONDS
+        while True:
+            answer = await self._pin(ref)
+            if answer is not _PinAnswer.BEING_COLLECTED:
+                return answer
+            if loop.time() + delay > deadline:
+                raise ChunkBeingCollected(ref.hash, self.collection_wait_seconds)
+            PUT_WAITS.inc()
+            # While this chunk waits, it cannot join a batch: let the others go without it.
+            self.undecided -= 1
+            self._write_batch_if_due()
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self.undecided += 1
+            delay = min(delay * 2, _MAX_RETRY_SECONDS)
+
+    async def _pin(self, ref: ChunkRef) -> _PinAnswer:
+        answer: asyncio.Future[_PinAnswer] = asyncio.get_running_loop().create_future()
+        self.pin_queue.append((ref, answer))
+        if self.pinner is None:
+            self.pinner = asyncio.create_task(self._run_pins())
+        return await answer
+
+    async def _run_pins(self) -> None:
+        """Pin what is queued, one transaction per round, until the queue is empty."""
+        try:
+            while self.pin_queue:
+                queued, self.pin_queue = self.pin_queue, []
+                try:
+                    result = await run_to_completion(
+                        self.metadata.pin_chunks, self.pin_id, [ref for ref, _answer in queued])
+                except Exception as exc:
+                    for _ref, answer in queued:
+                        if not answer.done():
+                            answer.set_exception(exc)
+                    continue
+                except BaseException:
+                    for _ref, answer in queued:
+                        answer.cancel()
+                    raise
+                for ref, answer in queued:
+                    if answer.done():
+                        continue
+                    if ref.hash in result.present:
+                        answer.set_result(_PinAnswer.PRESENT)
+                    elif ref.hash in result.being_collected:
+                        answer.set_result(_PinAnswer.BEING_COLLECTED)
+                    else:
+                        answer.set_result(_PinAnswer.TO_WRITE)
+        finally:
+            self.pinner = None
+            for _ref, answer in self.pin_queue:
+                answer.cancel()
+            self.pin_queue = []
 
     def _decided(self) -> None:
         """One chunk's dedup decision is made (or failed): the batch may now be due."""
@@ -237,6 +368,9 @@ class _ChunkWriter:
         """Cancel everything still running and wait for it to stop."""
         tasks: list[asyncio.Future[Any]] = [*self.in_flight, *self.results, *self.writes.values(),
                                             *self.batch_writes]
+        if self.pinner is not None:
+            # Awaited below: a pin transaction in flight finishes before the caller releases pins.
+            tasks.append(self.pinner)
         for _chunk, written in self.batch:
             written.cancel()
         self.batch = []
@@ -262,26 +396,33 @@ async def write_stream(
     chunk_size: int = CHUNK_SIZE,
     max_size: int | None = None,
     parallel_chunks: int = 3,
+    pin_id: str | None = None,
+    collection_wait_seconds: float = COLLECTION_WAIT_SECONDS,
 ) -> WrittenContent:
-    """Store a streamed body as chunks; return its size, MD5, chunk list and new-chunk count.
+    """Store a streamed body as chunks; return its size, MD5, chunk list, new-chunk count and pin id.
 
     ``body`` yields bytes-like pieces of any size. Chunks are cut at body offsets that are
     multiples of ``chunk_size`` (bytes); an empty body has no chunks. ``observers`` receive every
     byte of the body in order (``update`` is called from a worker thread, one chunk at a time).
-    ``metadata.chunks_present`` is called in a thread per chunk; chunks it reports are not
-    written. At most ``parallel_chunks`` chunks are hashed or written at once. Nothing is
-    recorded in metadata.
+    Every chunk is pinned under ``pin_id`` (``new_pin_id()`` when None) with
+    ``metadata.pin_chunks``, called in a thread for the chunks hashed since the previous call;
+    LIVE chunks are not written. At most ``parallel_chunks`` chunks are hashed or written at once.
+    Only pins are recorded in metadata: commit with the returned ``pin_id``. On failure the
+    caller releases the pins (``release_pins``) with the pin id it passed; so pass one.
 
     Raises:
         EntityTooLarge: the body exceeded ``max_size`` bytes (nothing more is read).
         InsufficientFragments: a stripe write missed its quorum (retryable).
-        Any error of ``body`` or ``metadata``. On any error every in-flight write is cancelled and
-        awaited before the error propagates.
+        ChunkBeingCollected: garbage collection still deletes a chunk of the body after
+            ``collection_wait_seconds`` (retryable).
+        Any error of ``body`` or ``metadata``. On any error every in-flight write and pin
+        transaction is cancelled and awaited before the error propagates.
     """
     if chunk_size <= 0 or parallel_chunks <= 0:
         raise ValueError("chunk_size and parallel_chunks must be positive")
     md5 = hashlib.md5(usedforsecurity=False)
-    writer = _ChunkWriter(store, metadata, [md5, *observers], parallel_chunks)
+    pin_id = pin_id if pin_id is not None else new_pin_id()
+    writer = _ChunkWriter(store, metadata, [md5, *observers], parallel_chunks, pin_id, collection_wait_seconds)
     size = 0
     chunk_offset = 0
     # The chunk being assembled: a view of ``coder_buffer`` (where the erasure worker reads it, so
@@ -322,7 +463,8 @@ async def write_stream(
             coder_buffer.release()
         await writer.cancel()
         raise
-    return WrittenContent(size=size, md5_hex=md5.hexdigest(), chunks=chunks, new_chunk_count=new_chunks)
+    return WrittenContent(size=size, md5_hex=md5.hexdigest(), chunks=chunks, new_chunk_count=new_chunks,
+                          pin_id=pin_id)
 
 
 async def read_stream(

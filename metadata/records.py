@@ -7,6 +7,8 @@ digests.
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -137,6 +139,47 @@ class ZeroRefcountChunk:
     hash: str
     size: int
     zero_since: float
+    #: When garbage collection marked it (unix seconds): set for chunks being collected, else None.
+    marked_at: float | None = None
+
+
+class ChunkState(enum.IntEnum):
+    """Where a recorded chunk is in its life (stored as an integer in the ``chunks`` table).
+
+    WRITING: recorded by a pin before its stripe is proven durable; no committed object or part
+    references it. LIVE: its stripe was written at quorum and a commit referenced it (it may be
+    unreferenced again since). DELETING: garbage collection marked it and is deleting its fragments;
+    nothing may pin or reference it until ``finish_collection`` removes the row.
+    """
+
+    WRITING = 0
+    LIVE = 1
+    DELETING = 2
+
+
+@dataclass(frozen=True)
+class PinResult:
+    """The answer of ``MetadataStore.pin_chunks``: the asked chunk hashes (64 hex), split three ways.
+
+    ``present``: LIVE chunks, now pinned: their stripes exist, do not write them (dedup).
+    ``to_write``: chunks now recorded WRITING (new, or another writer's unfinished stripe), pinned:
+    write their stripes before committing. ``being_collected``: DELETING chunks, NOT pinned: wait
+    until garbage collection finishes them, then pin again.
+    """
+
+    present: frozenset[str]
+    to_write: frozenset[str]
+    being_collected: frozenset[str]
+
+
+@dataclass(frozen=True)
+class GcCounts:
+    """Garbage collection backlog: ``zero_refcount`` chunks no object or part references (any
+    state), ``being_collected`` chunks marked DELETING, ``pins`` pins held by writers."""
+
+    zero_refcount: int
+    being_collected: int
+    pins: int
 
 
 @dataclass(frozen=True)
@@ -194,3 +237,19 @@ class AccessKeyNotFound(MetadataError):
 
 class AccessKeyAlreadyExists(MetadataError):
     """An access key with this id already exists (only possible with a caller-chosen id)."""
+
+
+class ChunksUnavailable(MetadataError):
+    """A commit named chunks that are neither LIVE nor WRITING-and-pinned by the committing writer
+    (garbage collection marked or removed them, e.g. after the writer's pin expired). Nothing was
+    changed; the client should retry the whole request (answered 503 SlowDown).
+
+    Attribute: ``chunk_hashes``, the offending hashes (64 hex), sorted.
+    """
+
+    retryable = True
+
+    def __init__(self, chunk_hashes: Iterable[str]) -> None:
+        self.chunk_hashes = tuple(sorted(chunk_hashes))
+        shown = ", ".join(self.chunk_hashes[:3]) + (" ..." if len(self.chunk_hashes) > 3 else "")
+        super().__init__(f"{len(self.chunk_hashes)} chunk(s) not live nor pinned by this writer: {shown}")

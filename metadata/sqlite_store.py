@@ -16,7 +16,13 @@ Storage choices (schema version 1):
 - User, system metadata and checksums are JSON objects.
 
 The schema is versioned (`schema_version` table, numbered migrations in `_MIGRATIONS`); later
-issues (the sync API) add tables by appending a migration.
+issues (the sync API) add tables by appending a migration. Version 2 adds each chunk's state
+(0 WRITING, 1 LIVE, 2 DELETING; rows of a version-1 file become LIVE) with the time garbage
+collection marked it, and the `chunk_pins` table (pin id, chunk hash, creation time): the
+PUT-vs-garbage-collection protocol of `metadata/store.py`. Pin transactions run with
+`synchronous=NORMAL`: WAL frames are appended in order, so a later synced commit also makes them
+durable, and a pin lost in a power cut (never followed by a synced commit) only leaves orphan
+fragments, which the orphan sweep removes.
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ from metadata.records import (
     BucketNotEmpty,
     BucketRecord,
     ChunkRef,
+    ChunkState,
+    ChunksUnavailable,
+    GcCounts,
     InvalidPart,
     ListResult,
     MetadataError,
@@ -51,6 +60,7 @@ from metadata.records import (
     ObjectRecord,
     ObjectSummary,
     PartRecord,
+    PinResult,
     PreconditionFailed,
     WriteCondition,
     ZeroRefcountChunk,
@@ -117,6 +127,20 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             chunk_list BLOB NOT NULL,
             PRIMARY KEY (upload_id, part_number)
         )""",
+    ),
+    # 2: chunk states and pins (garbage collection vs PUT).
+    (
+        "ALTER TABLE chunks ADD COLUMN state INTEGER NOT NULL DEFAULT 1 CHECK (state IN (0, 1, 2))",
+        "ALTER TABLE chunks ADD COLUMN marked_at REAL",
+        "CREATE INDEX chunks_being_collected ON chunks (marked_at) WHERE state = 2",
+        """CREATE TABLE chunk_pins (
+            pin_id TEXT NOT NULL,
+            hash BLOB NOT NULL,
+            created REAL NOT NULL,
+            PRIMARY KEY (pin_id, hash)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX chunk_pins_by_hash ON chunk_pins (hash)",
+        "CREATE INDEX chunk_pins_by_created ON chunk_pins (created)",
     ),
 )
 
@@ -236,17 +260,24 @@ class SqliteMetadataStore(MetadataStore):
         return connection
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: BEGIN IMMEDIATE takes the write lock up front."""
+    def _write(self, *, synced: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction: BEGIN IMMEDIATE takes the write lock up front. ``synced=False``
+        commits without syncing the WAL (``synchronous=NORMAL``; see the module docstring)."""
         connection = self._connection()
-        connection.execute("BEGIN IMMEDIATE")
+        if not synced:
+            connection.execute("PRAGMA synchronous=NORMAL")
         try:
-            yield connection
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+        finally:
+            if not synced:
+                connection.execute("PRAGMA synchronous=FULL")
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -309,17 +340,58 @@ class SqliteMetadataStore(MetadataStore):
             raise NoSuchBucket(bucket)
 
     @staticmethod
-    def _add_references(conn: sqlite3.Connection, chunks: Iterable[ChunkRef]) -> None:
-        """One reference per chunk occurrence; unknown chunks are recorded with their size."""
-        counts: dict[bytes, list[int]] = {}
+    def _chunk_states(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> dict[bytes, int]:
+        """hash -> state of the recorded ones among `hashes`."""
+        states: dict[bytes, int] = {}
+        for start in range(0, len(hashes), _IN_CLAUSE_BATCH):
+            batch = hashes[start : start + _IN_CLAUSE_BATCH]
+            placeholders = ",".join("?" * len(batch))
+            for hash_, state in conn.execute(
+                f"SELECT hash, state FROM chunks WHERE hash IN ({placeholders})", batch
+            ):
+                states[bytes(hash_)] = state
+        return states
+
+    @staticmethod
+    def _pinned(conn: sqlite3.Connection, pin_id: str, hashes: Sequence[bytes]) -> set[bytes]:
+        """Which of `hashes` `pin_id` pins."""
+        pinned: set[bytes] = set()
+        for start in range(0, len(hashes), _IN_CLAUSE_BATCH):
+            batch = hashes[start : start + _IN_CLAUSE_BATCH]
+            placeholders = ",".join("?" * len(batch))
+            for (hash_,) in conn.execute(
+                f"SELECT hash FROM chunk_pins WHERE pin_id = ? AND hash IN ({placeholders})", [pin_id, *batch]
+            ):
+                pinned.add(bytes(hash_))
+        return pinned
+
+    def _add_references(
+        self, conn: sqlite3.Connection, chunks: Iterable[ChunkRef], pin_id: str | None
+    ) -> None:
+        """One reference per chunk occurrence. Every chunk must be LIVE, or WRITING and pinned by
+        `pin_id` (it becomes LIVE); else ChunksUnavailable before anything changes. `pin_id`'s
+        pins are dropped: the references now protect the chunks."""
+        counts: dict[bytes, int] = {}
         for chunk in chunks:
-            entry = counts.setdefault(_hash_bytes(chunk.hash), [chunk.size, 0])
-            entry[1] += 1
+            hash_ = _hash_bytes(chunk.hash)
+            counts[hash_] = counts.get(hash_, 0) + 1
+        hashes = list(counts)
+        states = self._chunk_states(conn, hashes)
+        writing = [hash_ for hash_ in hashes if states.get(hash_) == ChunkState.WRITING]
+        pinned = self._pinned(conn, pin_id, writing) if pin_id is not None and writing else set()
+        unavailable = [
+            hash_ for hash_ in hashes
+            if states.get(hash_) not in (ChunkState.LIVE, ChunkState.WRITING)
+            or (states[hash_] == ChunkState.WRITING and hash_ not in pinned)
+        ]
+        if unavailable:
+            raise ChunksUnavailable(hash_.hex() for hash_ in unavailable)
         conn.executemany(
-            "INSERT INTO chunks (hash, size, refcount, zero_since) VALUES (?, ?, ?, NULL) "
-            "ON CONFLICT (hash) DO UPDATE SET refcount = refcount + excluded.refcount, zero_since = NULL",
-            [(hash_, size, count) for hash_, (size, count) in counts.items()],
+            "UPDATE chunks SET refcount = refcount + ?, zero_since = NULL, state = ? WHERE hash = ?",
+            [(count, ChunkState.LIVE, hash_) for hash_, count in counts.items()],
         )
+        if pin_id is not None:
+            conn.execute("DELETE FROM chunk_pins WHERE pin_id = ?", (pin_id,))
 
     @staticmethod
     def _release_references(conn: sqlite3.Connection, chunks: Iterable[ChunkRef]) -> None:
@@ -362,12 +434,15 @@ class SqliteMetadataStore(MetadataStore):
         ).fetchone()
         return None if row is None else self._object_from_row(bucket, row)
 
-    def _replace_object(self, conn: sqlite3.Connection, record: ObjectRecord) -> ObjectRecord | None:
+    def _replace_object(
+        self, conn: sqlite3.Connection, record: ObjectRecord, pin_id: str | None = None
+    ) -> ObjectRecord | None:
         """Write `record` over whatever is at its key; add its references before releasing the
-        old object's, so a chunk both share never passes through zero."""
+        old object's, so a chunk both share never passes through zero. ChunksUnavailable as for
+        `_add_references`."""
         key = record.key.encode("utf-8")
         previous = self._fetch_object(conn, record.bucket, key)
-        self._add_references(conn, record.chunks)
+        self._add_references(conn, record.chunks, pin_id)
         conn.execute(
             "INSERT OR REPLACE INTO objects (bucket, key, size, etag, last_modified, content_type, "
             "user_metadata, system_metadata, checksums, part_count, part_sizes, chunk_list) "
@@ -535,19 +610,128 @@ class SqliteMetadataStore(MetadataStore):
 
     # Chunks ----------------------------------------------------------------------------------
 
-    def chunks_present(self, hashes: Iterable[str]) -> set[str]:
-        """See MetadataStore.chunks_present."""
+    def _select_hashes(self, hashes: Iterable[str], where: str) -> set[str]:
+        """The given hashes whose chunk row satisfies `where` (SQL over the ``chunks`` columns)."""
         wanted = sorted({_hash_bytes(chunk_hash) for chunk_hash in hashes})
-        present: set[str] = set()
+        found: set[str] = set()
         with self._read() as conn:
             for start in range(0, len(wanted), _IN_CLAUSE_BATCH):
                 batch = wanted[start : start + _IN_CLAUSE_BATCH]
                 placeholders = ",".join("?" * len(batch))
                 for (hash_,) in conn.execute(
-                    f"SELECT hash FROM chunks WHERE hash IN ({placeholders})", batch
+                    f"SELECT hash FROM chunks WHERE hash IN ({placeholders}) AND {where}", batch
                 ):
-                    present.add(bytes(hash_).hex())
-        return present
+                    found.add(bytes(hash_).hex())
+        return found
+
+    def chunks_present(self, hashes: Iterable[str]) -> set[str]:
+        """See MetadataStore.chunks_present."""
+        return self._select_hashes(hashes, f"state = {int(ChunkState.LIVE)}")
+
+    def chunks_recorded(self, hashes: Iterable[str]) -> set[str]:
+        """See MetadataStore.chunks_recorded."""
+        return self._select_hashes(hashes, "1")
+
+    def chunk_state(self, chunk_hash: str) -> ChunkState | None:
+        """See MetadataStore.chunk_state."""
+        row = (
+            self._connection()
+            .execute("SELECT state FROM chunks WHERE hash = ?", (_hash_bytes(chunk_hash),))
+            .fetchone()
+        )
+        return None if row is None else ChunkState(row[0])
+
+    def pin_chunks(self, pin_id: str, chunks: Sequence[ChunkRef]) -> PinResult:
+        """See MetadataStore.pin_chunks. One unsynced write transaction (module docstring)."""
+        sizes: dict[bytes, int] = {}
+        for chunk in chunks:
+            sizes.setdefault(_hash_bytes(chunk.hash), chunk.size)
+        hashes = list(sizes)
+        present: set[str] = set()
+        to_write: set[str] = set()
+        being_collected: set[str] = set()
+        now = time.time()
+        with self._write(synced=False) as conn:
+            states = self._chunk_states(conn, hashes)
+            new = [hash_ for hash_ in hashes if hash_ not in states]
+            conn.executemany(
+                "INSERT INTO chunks (hash, size, refcount, zero_since, state) VALUES (?, ?, 0, ?, ?)",
+                [(hash_, sizes[hash_], now, ChunkState.WRITING) for hash_ in new],
+            )
+            pins: list[tuple[str, bytes, float]] = []
+            for hash_ in hashes:
+                state = states.get(hash_, ChunkState.WRITING)
+                if state == ChunkState.DELETING:
+                    being_collected.add(hash_.hex())
+                    continue
+                (present if state == ChunkState.LIVE else to_write).add(hash_.hex())
+                pins.append((pin_id, hash_, now))
+            conn.executemany(
+                "INSERT INTO chunk_pins (pin_id, hash, created) VALUES (?, ?, ?) "
+                "ON CONFLICT (pin_id, hash) DO UPDATE SET created = excluded.created",
+                pins,
+            )
+        return PinResult(frozenset(present), frozenset(to_write), frozenset(being_collected))
+
+    def release_pins(self, pin_id: str) -> int:
+        """See MetadataStore.release_pins."""
+        with self._write(synced=False) as conn:
+            return conn.execute("DELETE FROM chunk_pins WHERE pin_id = ?", (pin_id,)).rowcount
+
+    def mark_chunks_for_collection(
+        self, unreferenced_before: float, pins_expired_before: float, limit: int = 1000
+    ) -> list[ZeroRefcountChunk]:
+        """See MetadataStore.mark_chunks_for_collection."""
+        now = time.time()
+        with self._write() as conn:
+            conn.execute("DELETE FROM chunk_pins WHERE created < ?", (pins_expired_before,))
+            rows = conn.execute(
+                "SELECT hash, size, zero_since FROM chunks AS c "
+                "WHERE refcount = 0 AND zero_since < ? AND state <> ? "
+                "AND NOT EXISTS (SELECT 1 FROM chunk_pins AS p WHERE p.hash = c.hash) "
+                "ORDER BY zero_since LIMIT ?",
+                (unreferenced_before, ChunkState.DELETING, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE chunks SET state = ?, marked_at = ? WHERE hash = ?",
+                [(ChunkState.DELETING, now, hash_) for hash_, _size, _zero_since in rows],
+            )
+        return [ZeroRefcountChunk(bytes(hash_).hex(), size, zero_since, now) for hash_, size, zero_since in rows]
+
+    def chunks_being_collected(self, limit: int = 1000) -> list[ZeroRefcountChunk]:
+        """See MetadataStore.chunks_being_collected."""
+        rows = self._connection().execute(
+            "SELECT hash, size, zero_since, marked_at FROM chunks WHERE state = ? ORDER BY marked_at LIMIT ?",
+            (ChunkState.DELETING, limit),
+        )
+        return [
+            ZeroRefcountChunk(bytes(hash_).hex(), size, zero_since if zero_since is not None else 0.0, marked_at)
+            for hash_, size, zero_since, marked_at in rows
+        ]
+
+    def finish_collection(self, hashes: Iterable[str]) -> int:
+        """See MetadataStore.finish_collection."""
+        wanted = sorted({_hash_bytes(chunk_hash) for chunk_hash in hashes})
+        removed = 0
+        with self._write() as conn:
+            for start in range(0, len(wanted), _IN_CLAUSE_BATCH):
+                batch = wanted[start : start + _IN_CLAUSE_BATCH]
+                placeholders = ",".join("?" * len(batch))
+                removed += conn.execute(
+                    f"DELETE FROM chunks WHERE hash IN ({placeholders}) AND state = ? AND refcount = 0",
+                    [*batch, ChunkState.DELETING],
+                ).rowcount
+        return removed
+
+    def gc_counts(self) -> GcCounts:
+        """See MetadataStore.gc_counts."""
+        with self._read() as conn:
+            zero = conn.execute("SELECT count(*) FROM chunks WHERE refcount = 0").fetchone()[0]
+            deleting = conn.execute(
+                "SELECT count(*) FROM chunks WHERE state = ?", (ChunkState.DELETING,)
+            ).fetchone()[0]
+            pins = conn.execute("SELECT count(*) FROM chunk_pins").fetchone()[0]
+        return GcCounts(zero_refcount=int(zero), being_collected=int(deleting), pins=int(pins))
 
     def chunk_refcount(self, chunk_hash: str) -> int:
         """See MetadataStore.chunk_refcount."""
@@ -577,12 +761,14 @@ class SqliteMetadataStore(MetadataStore):
 
     # Objects ---------------------------------------------------------------------------------
 
-    def put_object(self, record: ObjectRecord, condition: WriteCondition | None = None) -> ObjectRecord | None:
+    def put_object(
+        self, record: ObjectRecord, condition: WriteCondition | None = None, pin_id: str | None = None
+    ) -> ObjectRecord | None:
         """See MetadataStore.put_object."""
         with self._write() as conn:
             self._require_bucket(conn, record.bucket)
             self._check_condition(conn, record, condition)
-            return self._replace_object(conn, record)
+            return self._replace_object(conn, record, pin_id)
 
     def _check_condition(self, conn: sqlite3.Connection, record: ObjectRecord,
                          condition: WriteCondition | None) -> None:
@@ -750,7 +936,7 @@ class SqliteMetadataStore(MetadataStore):
         """See MetadataStore.get_multipart_upload."""
         return self._fetch_upload(self._connection(), upload_id)
 
-    def put_part(self, upload_id: str, part: PartRecord) -> None:
+    def put_part(self, upload_id: str, part: PartRecord, pin_id: str | None = None) -> None:
         """See MetadataStore.put_part."""
         with self._write() as conn:
             self._fetch_upload(conn, upload_id)
@@ -758,7 +944,7 @@ class SqliteMetadataStore(MetadataStore):
                 "SELECT chunk_list FROM parts WHERE upload_id = ? AND part_number = ?",
                 (upload_id, part.part_number),
             ).fetchone()
-            self._add_references(conn, part.chunks)
+            self._add_references(conn, part.chunks, pin_id)
             conn.execute(
                 f"INSERT OR REPLACE INTO parts (upload_id, {_PART_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (

@@ -9,12 +9,24 @@ Chunk reference counts: each object and each uploaded part holds one reference p
 occurrence in its chunk list (a chunk listed twice holds two). Counts never go below zero; a
 chunk whose count reaches zero stays recorded, with the time it reached zero, until garbage
 collection removes it.
+
+Chunk states and pins (PUT vs garbage collection; docs/architecture.md, issue 3 plan section 5.2):
+a writer pins the chunks of its body before writing any stripe (`pin_chunks`), and commits with
+its pin id; garbage collection marks unreferenced, unpinned chunks DELETING
+(`mark_chunks_for_collection`), deletes their fragments, then removes the rows
+(`finish_collection`). Every transition is one write transaction, so they are totally ordered:
+- pin before mark: the mark sees the pin and skips the chunk;
+- mark before pin: the pin sees DELETING, pins nothing, and the writer waits and pins again once
+  the row is gone (then it writes a fresh stripe);
+- a pin older than the pin TTL is dropped by the mark; the writer's commit then finds its pin
+  gone and raises ChunksUnavailable, so nothing references fragments that may be deleted;
+- a commit without a pin (CopyObject) needs LIVE chunks, so it refuses a chunk the mark took.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from metadata.records import (
     AccessKey,
@@ -25,6 +37,9 @@ from metadata.records import (
     BucketNotEmpty,
     BucketRecord,
     ChunkRef,
+    ChunkState,
+    ChunksUnavailable,
+    GcCounts,
     InvalidPart,
     ListResult,
     MetadataError,
@@ -35,6 +50,7 @@ from metadata.records import (
     ObjectRecord,
     ObjectSummary,
     PartRecord,
+    PinResult,
     PreconditionFailed,
     WriteCondition,
     ZeroRefcountChunk,
@@ -49,6 +65,9 @@ __all__ = [
     "BucketNotEmpty",
     "BucketRecord",
     "ChunkRef",
+    "ChunkState",
+    "ChunksUnavailable",
+    "GcCounts",
     "InvalidPart",
     "ListResult",
     "MetadataError",
@@ -60,6 +79,7 @@ __all__ = [
     "ObjectRecord",
     "ObjectSummary",
     "PartRecord",
+    "PinResult",
     "PreconditionFailed",
     "WriteCondition",
     "ZeroRefcountChunk",
@@ -116,8 +136,56 @@ class MetadataStore(abc.ABC):
 
     @abc.abstractmethod
     def chunks_present(self, hashes: Iterable[str]) -> set[str]:
-        """Which of these chunk hashes (64 hex) are recorded, whatever their reference count: the
-        dedup check before writing a chunk's stripe."""
+        """Which of these chunk hashes (64 hex) are LIVE (their stripe was stored and committed),
+        whatever their reference count. Writers use `pin_chunks` instead, which also protects
+        what it reports from garbage collection."""
+
+    @abc.abstractmethod
+    def chunks_recorded(self, hashes: Iterable[str]) -> set[str]:
+        """Which of these chunk hashes (64 hex) have a row in any state (WRITING, LIVE, DELETING):
+        the orphan sweep deletes fragments only of chunks that have none."""
+
+    @abc.abstractmethod
+    def chunk_state(self, chunk_hash: str) -> ChunkState | None:
+        """The chunk's state, or None when it is not recorded."""
+
+    @abc.abstractmethod
+    def pin_chunks(self, pin_id: str, chunks: Sequence[ChunkRef]) -> PinResult:
+        """Pin chunks before writing them, in one write transaction (`chunks`: hash and size; the
+        offset is ignored). Per distinct hash: DELETING -> `being_collected`, not pinned; no row ->
+        recorded WRITING (refcount 0, zero_since now), pinned, `to_write`; WRITING -> pinned,
+        `to_write` (another writer's stripe is not proven durable; writes are idempotent);
+        LIVE -> pinned, `present`. Pinning again under the same `pin_id` refreshes the pin's time.
+        A pin keeps `mark_chunks_for_collection` off the chunk until it is released, committed or
+        older than the pin TTL. Raises ValueError on a malformed hash."""
+
+    @abc.abstractmethod
+    def release_pins(self, pin_id: str) -> int:
+        """Drop every pin of `pin_id` (a failed or abandoned write); returns how many there were.
+        Chunks left WRITING and unreferenced are collected after the grace period."""
+
+    @abc.abstractmethod
+    def mark_chunks_for_collection(
+        self, unreferenced_before: float, pins_expired_before: float, limit: int = 1000
+    ) -> list[ZeroRefcountChunk]:
+        """Garbage collection's mark, one write transaction: first drop every pin created before
+        `pins_expired_before` (unix seconds), then set DELETING (with `marked_at` = now) on at most
+        `limit` chunks, oldest first, that have refcount 0, are not DELETING, reached zero (or were
+        first pinned) before `unreferenced_before` and hold no pin. Returns them."""
+
+    @abc.abstractmethod
+    def chunks_being_collected(self, limit: int = 1000) -> list[ZeroRefcountChunk]:
+        """Chunks marked DELETING whose collection has not finished (resume after a crash), oldest
+        mark first, at most `limit`, with `marked_at`."""
+
+    @abc.abstractmethod
+    def finish_collection(self, hashes: Iterable[str]) -> int:
+        """Remove the rows of these chunks if they are still DELETING with refcount 0 (their
+        fragments were deleted); returns how many rows were removed. One write transaction."""
+
+    @abc.abstractmethod
+    def gc_counts(self) -> GcCounts:
+        """The garbage collection backlog (see GcCounts)."""
 
     @abc.abstractmethod
     def chunk_refcount(self, chunk_hash: str) -> int:
@@ -134,12 +202,17 @@ class MetadataStore(abc.ABC):
     # Objects ---------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def put_object(self, record: ObjectRecord, condition: WriteCondition | None = None) -> ObjectRecord | None:
-        """Store `record` at (record.bucket, record.key) in one transaction: record its chunks
-        (new ones with their size), add one reference per chunk occurrence, replace any existing
-        object there and release that object's references. Returns the replaced object, or None.
-        `condition` is checked in the same transaction. Raises NoSuchBucket; PreconditionFailed
-        (or NoSuchKey for If-Match on a missing key) when `condition` does not hold."""
+    def put_object(
+        self, record: ObjectRecord, condition: WriteCondition | None = None, pin_id: str | None = None
+    ) -> ObjectRecord | None:
+        """Store `record` at (record.bucket, record.key) in one transaction: every chunk must be
+        LIVE, or WRITING and pinned by `pin_id` (those become LIVE); add one reference per chunk
+        occurrence, replace any existing object there, release that object's references and drop
+        `pin_id`'s pins. Returns the replaced object, or None. `condition` is checked in the same
+        transaction. Without `pin_id` (CopyObject) every chunk must be LIVE. Raises NoSuchBucket;
+        PreconditionFailed (or NoSuchKey for If-Match on a missing key) when `condition` does not
+        hold; ChunksUnavailable (retryable) when a chunk is in no committable state. On any error
+        nothing changes (the pins stay: the caller releases them)."""
 
     @abc.abstractmethod
     def get_object(self, bucket: str, key: str) -> ObjectRecord:
@@ -191,9 +264,10 @@ class MetadataStore(abc.ABC):
         """The upload. Raises NoSuchUpload."""
 
     @abc.abstractmethod
-    def put_part(self, upload_id: str, part: PartRecord) -> None:
-        """Record an uploaded part in one transaction (chunks recorded, references added),
-        replacing a part with the same number (its references released). Raises NoSuchUpload."""
+    def put_part(self, upload_id: str, part: PartRecord, pin_id: str | None = None) -> None:
+        """Record an uploaded part in one transaction (references added, `pin_id`'s pins dropped),
+        replacing a part with the same number (its references released). The chunks must be
+        committable as for `put_object`. Raises NoSuchUpload; ChunksUnavailable (retryable)."""
 
     @abc.abstractmethod
     def list_parts(
@@ -234,7 +308,9 @@ class MetadataStore(abc.ABC):
         deleted; any previous object at the key is replaced (references released). Returns the
         replaced object, or None. Raises NoSuchUpload; ValueError if `record` names another
         bucket or key than the upload; PreconditionFailed / NoSuchKey when `condition` does not
-        hold (the upload is then kept). Part ordering and size rules are the caller's to check.
+        hold (the upload is then kept); ChunksUnavailable if a chunk of `record` is not LIVE (the
+        parts' references keep theirs LIVE, so only a record naming other chunks can fail). Part
+        ordering and size rules are the caller's to check.
         """
 
     @abc.abstractmethod

@@ -67,6 +67,9 @@ ERROR_MAP: dict[type[Exception], type[errors.S3Error]] = {
     metadata_errors.BucketNotEmpty: errors.BucketNotEmpty,
     metadata_errors.InvalidPart: errors.InvalidPart,
     metadata_errors.PreconditionFailed: errors.PreconditionFailed,
+    # Garbage collection holds a chunk the request needs: retry (SDKs back off on SlowDown).
+    metadata_errors.ChunksUnavailable: errors.SlowDown,
+    datapath_errors.ChunkBeingCollected: errors.SlowDown,
     datapath_errors.InsufficientFragments: errors.ServiceUnavailable,
     datapath_errors.ChunkUnavailable: errors.ServiceUnavailable,
     datapath_errors.ChunkCorrupt: errors.ServiceUnavailable,

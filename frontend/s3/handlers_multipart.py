@@ -78,14 +78,20 @@ async def upload_part(call: S3Call) -> web.StreamResponse:
     payload = Payload(call.request, call.auth, checksum_algorithm=upload.checksum_algorithm)
     if payload.declared_length > MAX_PART_BYTES:
         raise errors.EntityTooLarge(ProposedSize=payload.declared_length, MaxSizeAllowed=MAX_PART_BYTES)
-    async with call.services.upload_budget.reserve(call.services.upload_window(payload.declared_length)):
-        written = await object_io.write_stream(
-            payload.pieces(), call.services.chunk_store, call.services.metadata,
-            observers=payload.observers, parallel_chunks=call.services.config.parallel_chunks)
-    verified = payload.verify(bytes.fromhex(written.md5_hex))
-    part = PartRecord(part_number=part_number, size=written.size, etag=quote_etag(written.md5_hex),
-                      last_modified=time.time(), checksums=verified, chunks=written.chunks)
-    await call.services.meta(call.services.metadata.put_part, upload.upload_id, part)
+    pin_id = object_io.new_pin_id()  # see put_object: pinned until the commit or release_pins
+    try:
+        async with call.services.upload_budget.reserve(call.services.upload_window(payload.declared_length)):
+            written = await object_io.write_stream(
+                payload.pieces(), call.services.chunk_store, call.services.metadata,
+                observers=payload.observers, parallel_chunks=call.services.config.parallel_chunks, pin_id=pin_id,
+                collection_wait_seconds=call.services.config.gc_wait_seconds)
+        verified = payload.verify(bytes.fromhex(written.md5_hex))
+        part = PartRecord(part_number=part_number, size=written.size, etag=quote_etag(written.md5_hex),
+                          last_modified=time.time(), checksums=verified, chunks=written.chunks)
+        await object_io.run_to_completion(call.services.metadata.put_part, upload.upload_id, part, pin_id)
+    except BaseException:
+        await object_io.release_pins(call.services.metadata, pin_id)
+        raise
     return web.Response(status=200, headers={"ETag": part.etag, **checksum_headers(verified)})
 
 
@@ -129,12 +135,19 @@ async def upload_part_copy(call: S3Call) -> web.StreamResponse:
         raise errors.InvalidRequest("The specified copy source is larger than the maximum allowable size for "
                                     "a copy source: 5368709120")
     pieces = object_io.read_stream(call.services.chunk_store, source.chunks, start, end)
-    async with call.services.upload_budget.reserve(call.services.upload_window(end - start)):
-        written = await object_io.write_stream(pieces, call.services.chunk_store, call.services.metadata,
-                                               parallel_chunks=call.services.config.parallel_chunks)
-    part = PartRecord(part_number=part_number, size=written.size, etag=quote_etag(written.md5_hex),
-                      last_modified=time.time(), checksums={}, chunks=written.chunks)
-    await call.services.meta(call.services.metadata.put_part, upload.upload_id, part)
+    pin_id = object_io.new_pin_id()  # see put_object: pinned until the commit or release_pins
+    try:
+        async with call.services.upload_budget.reserve(call.services.upload_window(end - start)):
+            written = await object_io.write_stream(pieces, call.services.chunk_store, call.services.metadata,
+                                                   parallel_chunks=call.services.config.parallel_chunks,
+                                                   pin_id=pin_id,
+                                                   collection_wait_seconds=call.services.config.gc_wait_seconds)
+        part = PartRecord(part_number=part_number, size=written.size, etag=quote_etag(written.md5_hex),
+                          last_modified=time.time(), checksums={}, chunks=written.chunks)
+        await object_io.run_to_completion(call.services.metadata.put_part, upload.upload_id, part, pin_id)
+    except BaseException:
+        await object_io.release_pins(call.services.metadata, pin_id)
+        raise
     body = xml.copy_part_result(etag=part.etag, last_modified=iso8601(part.last_modified))
     return web.Response(status=200, body=body, content_type="application/xml")
 

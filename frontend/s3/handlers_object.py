@@ -75,19 +75,27 @@ async def put_object(call: S3Call) -> web.StreamResponse:
     payload = Payload(call.request, call.auth)
     if payload.declared_length > MAX_SINGLE_PUT_BYTES:
         raise errors.EntityTooLarge(ProposedSize=payload.declared_length, MaxSizeAllowed=MAX_SINGLE_PUT_BYTES)
-    async with call.services.upload_budget.reserve(call.services.upload_window(payload.declared_length)):
-        written = await object_io.write_stream(
-            payload.pieces(), call.services.chunk_store, call.services.metadata,
-            observers=payload.observers, parallel_chunks=call.services.config.parallel_chunks)
-    verified = payload.verify(bytes.fromhex(written.md5_hex))
-    if verified:
-        verified["checksum_type"] = "FULL_OBJECT"
-    record = ObjectRecord(
-        bucket=call.bucket, key=call.key, size=written.size, etag=quote_etag(written.md5_hex),
-        last_modified=time.time(), content_type=headers.get("Content-Type") or DEFAULT_CONTENT_TYPE,
-        user_metadata=meta, system_metadata=system, checksums=verified, chunks=written.chunks,
-        part_count=None)
-    await call.services.meta(call.services.metadata.put_object, record, condition)
+    # The body's chunks are pinned under pin_id until the commit (which drops the pins) or, on any
+    # failure, until release_pins: garbage collection never deletes a chunk this request uses.
+    pin_id = object_io.new_pin_id()
+    try:
+        async with call.services.upload_budget.reserve(call.services.upload_window(payload.declared_length)):
+            written = await object_io.write_stream(
+                payload.pieces(), call.services.chunk_store, call.services.metadata,
+                observers=payload.observers, parallel_chunks=call.services.config.parallel_chunks, pin_id=pin_id,
+                collection_wait_seconds=call.services.config.gc_wait_seconds)
+        verified = payload.verify(bytes.fromhex(written.md5_hex))
+        if verified:
+            verified["checksum_type"] = "FULL_OBJECT"
+        record = ObjectRecord(
+            bucket=call.bucket, key=call.key, size=written.size, etag=quote_etag(written.md5_hex),
+            last_modified=time.time(), content_type=headers.get("Content-Type") or DEFAULT_CONTENT_TYPE,
+            user_metadata=meta, system_metadata=system, checksums=verified, chunks=written.chunks,
+            part_count=None)
+        await object_io.run_to_completion(call.services.metadata.put_object, record, condition, pin_id)
+    except BaseException:
+        await object_io.release_pins(call.services.metadata, pin_id)
+        raise
     return web.Response(status=200, headers={"ETag": record.etag, **checksum_headers(verified)})
 
 
@@ -139,7 +147,9 @@ async def copy_source(call: S3Call) -> tuple[str, str, ObjectRecord]:
 
 
 async def copy_object(call: S3Call) -> web.StreamResponse:
-    """CopyObject: the new object references the source's chunks; no data moves (chunks are shared)."""
+    """CopyObject: the new object references the source's chunks; no data moves (chunks are shared).
+    The commit takes no pin: it needs the chunks LIVE, so a chunk garbage collection took since the
+    source was read makes it fail with ChunksUnavailable (503 SlowDown) instead of referencing it."""
     names.validate_key(call.key)
     headers = call.request.headers
     await require_bucket(call)

@@ -265,7 +265,8 @@ def test_write_stream_cuts_hashes_dedups_and_reads_back(cluster: Cluster, tmp_pa
                     last_modified=time.time(), content_type="application/octet-stream",
                     user_metadata={}, system_metadata={}, checksums={}, chunks=written.chunks,
                     part_count=None,
-                )
+                ),
+                pin_id=written.pin_id,
             )  # fmt: skip
             again = await write_stream(_chunks([body_bytes]), store, metadata, chunk_size=chunk_size)
             assert again.chunks == written.chunks

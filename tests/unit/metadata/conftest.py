@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from metadata import SqliteMetadataStore
+from tests.unit.metadata.builders import PinningStore
 
 
 @pytest.fixture
@@ -17,6 +18,7 @@ def store_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(store_path: Path) -> Iterator[SqliteMetadataStore]:
-    opened = SqliteMetadataStore(store_path)
+    """A store whose unpinned commits pin first (builders.PinningStore), as the frontend's do."""
+    opened = PinningStore(store_path)
     yield opened
     opened.close()

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metadata import ListResult, SqliteMetadataStore
-from tests.unit.metadata.builders import chunks, object_record
+from tests.unit.metadata.builders import PinningStore, chunks, object_record
 
 # --- The model -------------------------------------------------------------------------------
 
@@ -215,7 +215,7 @@ _texts = st.lists(st.sampled_from(_ALPHABET), max_size=4).map("".join)
 
 
 def test_listing_matches_the_model(tmp_path: Path) -> None:
-    store = SqliteMetadataStore(tmp_path / "model.sqlite3")
+    store = PinningStore(tmp_path / "model.sqlite3")
     bucket_numbers = itertools.count()
 
     @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

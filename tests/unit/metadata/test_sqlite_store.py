@@ -27,7 +27,7 @@ from metadata import (
     SqliteMetadataStore,
 )
 from metadata.sqlite_store import SCHEMA_VERSION
-from tests.unit.metadata.builders import chunk_hash, chunks, object_record, part_record
+from tests.unit.metadata.builders import PinningStore, chunk_hash, chunks, object_record, part_record
 
 # --- Access keys -----------------------------------------------------------------------------
 
@@ -441,7 +441,7 @@ def test_list_multipart_uploads_order_prefix_markers_and_truncation(store: Sqlit
 
 
 def test_everything_survives_reopen(store_path: Path) -> None:
-    with SqliteMetadataStore(store_path) as first:
+    with PinningStore(store_path) as first:
         key = first.create_access_key("alice")
         first.create_bucket("b", "alice")
         record = object_record("b", "k", chunks("a", "b"))
@@ -474,8 +474,8 @@ def test_change_is_durable_when_the_call_returns(store_path: Path) -> None:
             "-c",
             "import os, signal, sys\n"
             "from metadata import SqliteMetadataStore\n"
-            "from tests.unit.metadata.builders import chunks, object_record\n"
-            "store = SqliteMetadataStore(sys.argv[1])\n"
+            "from tests.unit.metadata.builders import PinningStore, chunks, object_record\n"
+            "store = PinningStore(sys.argv[1])\n"
             "store.create_bucket('b', 'alice')\n"
             "store.put_object(object_record('b', 'acknowledged', chunks('a')))\n"
             "os.kill(os.getpid(), signal.SIGKILL)\n",
