@@ -451,14 +451,14 @@ async def collect(etcd_endpoint: str, prefix: str = DEFAULT_PREFIX) -> Collected
         cluster_map, registrations = await read_cluster(etcd, prefix)
     asked = [node for node in cluster_map.nodes.values() if node.state != NodeState.OUT]
     scraped = [(node_id, reg.metrics_address) for node_id, reg in registrations.items() if reg.metrics_address]
-    results = await asyncio.gather(
-        *(node_health(registrations[n.node_id].address if n.node_id in registrations else n.address)
-          for n in asked),
-        *(scrape_metrics(address) for _, address in scraped),
+    health_answers, scrape_answers = await asyncio.gather(
+        asyncio.gather(*(node_health(registrations[n.node_id].address if n.node_id in registrations else n.address)
+                         for n in asked)),
+        asyncio.gather(*(scrape_metrics(address) for _, address in scraped)),
     )
-    healths = {node.node_id: result for node, result in zip(asked, results[:len(asked)], strict=True)}
-    metrics = {node_id: result for (node_id, _), result in zip(scraped, results[len(asked):], strict=True)}
-    return Collected(cluster_map, registrations, healths, metrics, time.time())  # type: ignore[arg-type]
+    healths = {node.node_id: answer for node, answer in zip(asked, health_answers, strict=True)}
+    metrics = {node_id: answer for (node_id, _), answer in zip(scraped, scrape_answers, strict=True)}
+    return Collected(cluster_map, registrations, healths, metrics, time.time())
 
 
 def run_status(etcd_endpoint: str, *, as_json: bool, prefix: str = DEFAULT_PREFIX,
