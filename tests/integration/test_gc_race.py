@@ -222,7 +222,7 @@ def test_put_racing_collection_never_commits_a_collected_chunk(nodes: Nodes, tmp
     outcomes = {"committed": 0, "refused": 0, "collected_first": 0}
 
     async def body(pool: StorageNodePool) -> None:
-        gc_pool = LateDeletePool(timeout=3.0)
+        gc_pool = LateDeletePool(timeout=30.0)  # generous: the machine is shared
         store = JitteryChunkStore(lambda: nodes.cluster_map, pool, nodes.coder)
         gc = collector(metadata, nodes.cluster_map, gc_pool)
         try:
@@ -275,7 +275,7 @@ def test_put_racing_collection_never_commits_a_collected_chunk(nodes: Nodes, tmp
             await gc_pool.close()
 
     try:
-        run_with_pool(body, timeout=10.0)
+        run_with_pool(body, timeout=30.0)
         print(f"race outcomes over {ITERATIONS} iterations: {outcomes}")
         assert outcomes["committed"] > 0
         # The test exercised both orders: the collector took the content before the writer pinned.
@@ -311,7 +311,7 @@ def test_everything_deleted_and_collected_leaves_no_fragment(nodes: Nodes, tmp_p
         assert await all_fragments(pool, nodes.cluster_map) == []
 
     try:
-        run_with_pool(body)
+        run_with_pool(body, timeout=30.0)
     finally:
         metadata.close()
 
@@ -345,7 +345,7 @@ def test_down_node_leftovers_go_to_the_orphan_sweep(nodes: Nodes, tmp_path: Path
         assert await all_fragments(pool, nodes.cluster_map) == []
 
     try:
-        run_with_pool(body)
+        run_with_pool(body, timeout=30.0)
     finally:
         metadata.close()
 
@@ -382,6 +382,47 @@ def test_orphan_sweep_keeps_fragments_of_recorded_chunks(nodes: Nodes, tmp_path:
         assert await all_fragments(pool, nodes.cluster_map) == []
 
     try:
-        run_with_pool(body)
+        run_with_pool(body, timeout=30.0)
+    finally:
+        metadata.close()
+
+
+def test_write_waits_for_a_chunk_being_collected_then_writes_it_afresh(nodes: Nodes, tmp_path: Path) -> None:
+    metadata = SqliteMetadataStore(tmp_path / "meta.sqlite")
+    metadata.create_bucket(BUCKET, "owner")
+    data = random.Random(100).randbytes(CHUNK)
+    chunk_hex = hashlib.sha256(data).hexdigest()
+
+    async def body(pool: StorageNodePool) -> None:
+        store = ChunkStore(lambda: nodes.cluster_map, pool, nodes.coder)
+        # An earlier write of this content failed (pinned, released); the collector marked it.
+        metadata.pin_chunks("failed", [ChunkRef(chunk_hex, CHUNK, 0)])
+        metadata.release_pins("failed")
+        assert [chunk.hash for chunk in metadata.mark_chunks_for_collection(time.time() + 1, 0)] == [chunk_hex]
+        with pytest.raises(ChunkBeingCollected):
+            await write_stream(_chunks([data]), store, metadata, chunk_size=CHUNK, pin_id=new_pin_id(),
+                               collection_wait_seconds=0.2)
+        assert metadata.gc_counts().pins == 0  # a chunk being collected is never pinned
+
+        async def finish_while_the_writer_waits() -> None:
+            await asyncio.sleep(0.1)
+            await asyncio.to_thread(metadata.finish_collection, [chunk_hex])
+
+        written, _ = await asyncio.gather(
+            write_stream(_chunks([data]), store, metadata, chunk_size=CHUNK, pin_id=new_pin_id(),
+                         collection_wait_seconds=30),
+            finish_while_the_writer_waits())
+        assert written.new_chunk_count == 1  # written afresh after the row was removed
+        record = ObjectRecord(bucket=BUCKET, key="k", size=written.size, etag=f'"{written.md5_hex}"',
+                              last_modified=time.time(), content_type="application/octet-stream", user_metadata={},
+                              system_metadata={}, checksums={}, chunks=written.chunks, part_count=None)
+        metadata.put_object(record, pin_id=written.pin_id)
+        assert await read_back(store, record) == data
+        metadata.delete_object(BUCKET, "k")
+        assert (await collector(metadata, nodes.cluster_map, pool).collect_once()).collected == 1
+        assert await all_fragments(pool, nodes.cluster_map) == []
+
+    try:
+        run_with_pool(body, timeout=30.0)
     finally:
         metadata.close()
