@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from dataclasses import dataclass
 
 import uvloop
@@ -105,6 +106,11 @@ async def start_frontend(config: FrontendConfig) -> Frontend:
         OSError: the listen address cannot be bound.
     """
     metadata = SqliteMetadataStore(config.metadata_path)
+    # This process owns the file: pins left in it belong to requests that died with the previous
+    # process, and would otherwise keep their chunks from collection for the whole pin TTL.
+    expired = await asyncio.to_thread(metadata.expire_pins, time.time())
+    if expired:
+        log.info("released pins of an earlier process", extra={"fields": {"pins": expired}})
     watcher = ClusterMapWatcher(config.etcd_endpoint)
     view = ClusterView(watcher)
     coder = ErasureCoder(workers=config.erasure_workers)

@@ -678,6 +678,11 @@ class SqliteMetadataStore(MetadataStore):
         with self._write(synced=False) as conn:
             return conn.execute("DELETE FROM chunk_pins WHERE pin_id = ?", (pin_id,)).rowcount
 
+    def expire_pins(self, created_before: float) -> int:
+        """See MetadataStore.expire_pins."""
+        with self._write() as conn:
+            return conn.execute("DELETE FROM chunk_pins WHERE created < ?", (created_before,)).rowcount
+
     def mark_chunks_for_collection(
         self, unreferenced_before: float, pins_expired_before: float, limit: int = 1000
     ) -> list[ZeroRefcountChunk]:

@@ -165,6 +165,12 @@ class MetadataStore(abc.ABC):
         Chunks left WRITING and unreferenced are collected after the grace period."""
 
     @abc.abstractmethod
+    def expire_pins(self, created_before: float) -> int:
+        """Drop every pin created before `created_before` (unix seconds); returns how many. A
+        frontend that owns its database calls it at start with its start time: pins older than the
+        process belong to requests that died with the previous one."""
+
+    @abc.abstractmethod
     def mark_chunks_for_collection(
         self, unreferenced_before: float, pins_expired_before: float, limit: int = 1000
     ) -> list[ZeroRefcountChunk]:

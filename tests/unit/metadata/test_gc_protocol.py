@@ -163,6 +163,15 @@ def test_release_pins_lets_collection_proceed(plain: SqliteMetadataStore) -> Non
     assert mark_all(plain) == {chunk_hash("a"), chunk_hash("b")}
 
 
+def test_pins_of_a_dead_process_are_expired_at_start(plain: SqliteMetadataStore) -> None:
+    plain.pin_chunks("died-with-the-process", chunks("a"))
+    started = time.time()
+    plain.pin_chunks("new-process", chunks("b"))
+    assert mark_all(plain) == set()
+    assert plain.expire_pins(started) == 1
+    assert mark_all(plain) == {chunk_hash("a")}
+
+
 def test_version_1_file_upgrades_in_place(store_path: Path) -> None:
     with sqlite3.connect(store_path) as raw:
         raw.execute("CREATE TABLE schema_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)")
