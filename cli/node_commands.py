@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from cli.dev_layout import DevClusterError, load_settings
 from cli.status import StatusUnavailable, node_health, read_cluster
@@ -176,12 +178,29 @@ def drain(endpoint: str, node_id: str, *, wait: bool = False, timeout: float = 3
         DevClusterError: unknown node, no map, or etcd unreachable (the message says what to do).
     """
     try:
-        return asyncio.run(_drain(endpoint, node_id, wait=wait, timeout=timeout, prefix=prefix))
+        return _with_etcd_retries(lambda: _drain(endpoint, node_id, wait=wait, timeout=timeout, prefix=prefix))
     except StatusUnavailable as error:
         raise DevClusterError(str(error)) from error
     except EtcdUnavailable as error:
         raise DevClusterError(f"etcd at {endpoint} does not answer ({error}); check --etcd or start the "
                               "cluster (`coffer dev up`)") from error
+
+
+#: Attempts, and seconds between them, when etcd does not answer (a busy machine can be slow to
+#: accept a new connection; requesting or cancelling a drain is idempotent).
+ETCD_ATTEMPTS = 3
+ETCD_RETRY_SECONDS = 2.0
+
+
+def _with_etcd_retries(run: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    for attempt in range(1, ETCD_ATTEMPTS + 1):
+        try:
+            return asyncio.run(run())
+        except EtcdUnavailable:
+            if attempt == ETCD_ATTEMPTS:
+                raise
+            time.sleep(ETCD_RETRY_SECONDS)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def undrain(endpoint: str, node_id: str, *, prefix: str = DEFAULT_PREFIX) -> int:
@@ -191,7 +210,7 @@ def undrain(endpoint: str, node_id: str, *, prefix: str = DEFAULT_PREFIX) -> int
         DevClusterError: etcd unreachable.
     """
     try:
-        return asyncio.run(_undrain(endpoint, node_id, prefix))
+        return _with_etcd_retries(lambda: _undrain(endpoint, node_id, prefix))
     except EtcdUnavailable as error:
         raise DevClusterError(f"etcd at {endpoint} does not answer ({error}); check --etcd or start the "
                               "cluster (`coffer dev up`)") from error
