@@ -150,6 +150,30 @@ class ListFragmentsResponse(_message.Message):
     fragments: _containers.RepeatedCompositeFieldContainer[FragmentEntry]
     def __init__(self, fragments: _Optional[_Iterable[_Union[FragmentEntry, _Mapping]]] = ...) -> None: ...
 
+class SummarizeRequest(_message.Message):
+    __slots__ = ("placement_groups",)
+    PLACEMENT_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    placement_groups: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, placement_groups: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class PlacementGroupSummary(_message.Message):
+    __slots__ = ("placement_group", "fragment_index", "fragments", "digest")
+    PLACEMENT_GROUP_FIELD_NUMBER: _ClassVar[int]
+    FRAGMENT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    FRAGMENTS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    placement_group: int
+    fragment_index: int
+    fragments: int
+    digest: bytes
+    def __init__(self, placement_group: _Optional[int] = ..., fragment_index: _Optional[int] = ..., fragments: _Optional[int] = ..., digest: _Optional[bytes] = ...) -> None: ...
+
+class SummarizeResponse(_message.Message):
+    __slots__ = ("summaries",)
+    SUMMARIES_FIELD_NUMBER: _ClassVar[int]
+    summaries: _containers.RepeatedCompositeFieldContainer[PlacementGroupSummary]
+    def __init__(self, summaries: _Optional[_Iterable[_Union[PlacementGroupSummary, _Mapping]]] = ...) -> None: ...
+
 class HealthRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

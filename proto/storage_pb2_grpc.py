@@ -64,6 +64,11 @@ class StorageNodeStub:
                 request_serializer=proto_dot_storage__pb2.HealthRequest.SerializeToString,
                 response_deserializer=proto_dot_storage__pb2.HealthResponse.FromString,
                 _registered_method=True)
+        self.SummarizePlacementGroups = channel.unary_unary(
+                '/coffer.storage.v1.StorageNode/SummarizePlacementGroups',
+                request_serializer=proto_dot_storage__pb2.SummarizeRequest.SerializeToString,
+                response_deserializer=proto_dot_storage__pb2.SummarizeResponse.FromString,
+                _registered_method=True)
 
 
 class StorageNodeServicer:
@@ -106,6 +111,14 @@ class StorageNodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SummarizePlacementGroups(self, request, context):
+        """Per (placement group, fragment index) fragment counts and digests: the
+        repair agent's cheap check before listing a placement group.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -138,6 +151,11 @@ def add_StorageNodeServicer_to_server(servicer, server):
                     servicer.Health,
                     request_deserializer=proto_dot_storage__pb2.HealthRequest.FromString,
                     response_serializer=proto_dot_storage__pb2.HealthResponse.SerializeToString,
+            ),
+            'SummarizePlacementGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.SummarizePlacementGroups,
+                    request_deserializer=proto_dot_storage__pb2.SummarizeRequest.FromString,
+                    response_serializer=proto_dot_storage__pb2.SummarizeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -302,6 +320,33 @@ class StorageNode:
             '/coffer.storage.v1.StorageNode/Health',
             proto_dot_storage__pb2.HealthRequest.SerializeToString,
             proto_dot_storage__pb2.HealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SummarizePlacementGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coffer.storage.v1.StorageNode/SummarizePlacementGroups',
+            proto_dot_storage__pb2.SummarizeRequest.SerializeToString,
+            proto_dot_storage__pb2.SummarizeResponse.FromString,
             options,
             channel_credentials,
             insecure,

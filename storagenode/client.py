@@ -494,6 +494,32 @@ class StorageNodeClient:
             raise _rpc_error(self.address, exc) from exc
         return entries
 
+    async def summarize_placement_groups(
+        self, pgs: Sequence[int] | None = None
+    ) -> dict[int, dict[int, tuple[int, bytes]]]:
+        """``{pg: {fragment index: (fragments, digest)}}`` of what the node holds in ``pgs`` (None
+        or empty: every placement group it holds anything of); a placement group or index holding
+        nothing is absent. ``digest`` is 16 bytes, defined in ``proto/storage.proto``
+        (``PlacementGroupSummary``) and ``FragmentEngine.summarize_by_index``.
+
+        Raises:
+            NodeUnavailable: no answer within the timeout, or the connection failed.
+            InvalidFragment / StorageError: the node rejected or failed the request.
+        """
+        if self._closed:
+            raise NodeUnavailable(f"{self.address}: client is closed")
+        try:
+            response = await self._stub_for_loop().SummarizePlacementGroups(
+                storage_pb2.SummarizeRequest(placement_groups=list(pgs or ())), timeout=self.timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _rpc_error(self.address, exc) from exc
+        summaries: dict[int, dict[int, tuple[int, bytes]]] = {}
+        for summary in response.summaries:
+            summaries.setdefault(summary.placement_group, {})[summary.fragment_index] = (
+                summary.fragments, bytes(summary.digest))
+        return summaries
+
     async def health(self) -> NodeHealth:
         """The node's id, per-volume usage and corrupt fragments seen since it started.
 

@@ -23,6 +23,10 @@ Each volume has a write lock held around every ``db.write``: a conditional delet
 quarantine) checks the header and deletes under it, so no put of the same key can land between
 the check and the delete.
 
+Placement-group summaries (``summarize``, ``summarize_by_index``) are kept in memory per
+(placement group, fragment index) and recomputed from the headers of a placement group only
+after a put or delete touched it: a put only marks its placement group (no extra read).
+
 The volume of a fragment is ``int.from_bytes(chunk_hash[8:16], "big") % len(volumes)`` (bytes 0..7
 already pick the placement group). Writes use a synced WAL (``WriteOptions.sync``) so a put has
 reached the disk before it returns; ``put_many`` is group commit: one synced batch per volume.
@@ -31,13 +35,14 @@ CRC32C comes from ``awscrt.checksums`` (hardware accelerated, ~25 GB/s).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
 import struct
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 from awscrt.checksums import crc32c
@@ -67,6 +72,10 @@ LIST_ALL_PAGE = 1024
 _MAX_PLACEMENT_GROUP = 2**32 - 1
 _MAX_U64 = 2**64 - 1
 _MAX_U32 = 2**32 - 1
+#: Bytes of a placement-group summary digest (``summarize``).
+SUMMARY_DIGEST_BYTES = 16
+_SUMMARY_MODULUS = 2 ** (8 * SUMMARY_DIGEST_BYTES)
+_SUMMARY_ITEM = struct.Struct(">QQ")  # chunk_size, length
 
 CORRUPT_FRAGMENTS = Counter(
     "coffer_storagenode_corrupt_fragments_total",
@@ -221,6 +230,14 @@ class FragmentEngine:
         self._gate = threading.Condition()
         self._active_calls = 0
         self._closed = False
+        # Summaries: pg -> index -> [fragments, digest as an int]. ``_summary_lock`` guards them
+        # and the dirty set; ``_summarize_lock`` lets one computation run at a time, so an older
+        # scan can never overwrite the result of a newer one.
+        self._summary_lock = threading.Lock()
+        self._summarize_lock = threading.Lock()
+        self._summaries: dict[int, dict[int, list[int]]] = {}
+        self._summaries_complete = False  # every placement group on the node is in _summaries
+        self._dirty_pgs: set[int] = set()
 
     @property
     def volume_paths(self) -> list[str]:
@@ -311,6 +328,9 @@ class FragmentEngine:
             if error is not None:
                 for position in positions:
                     results[position] = error
+            else:
+                # After the write is visible: a summary computed from now on includes it.
+                self._mark_dirty({fragments[position].pg for position in positions})
         return results
 
     def _encode(self, fragment: FragmentWrite, written_at_ms: int) -> tuple[bytes, bytes]:
@@ -368,6 +388,8 @@ class FragmentEngine:
                 if header is not None and written_before_ms > 0 and _written_at_ms(header) >= written_before_ms:
                     return False
                 self._delete_record(volume, key)
+            if header is not None:
+                self._mark_dirty((pg,))
         except StorageError:
             raise
         except Exception as exc:
@@ -402,6 +424,7 @@ class FragmentEngine:
                 if problem is None:
                     return False
                 self._delete_record(volume, key)
+            self._mark_dirty((pg,))
         except StorageError:
             raise
         except Exception as exc:
@@ -554,6 +577,111 @@ class FragmentEngine:
             self._exit()
         return page
 
+    # -- summaries ------------------------------------------------------------------------------
+
+    def summarize_by_index(self, pgs: Collection[int] | None = None) -> dict[int, dict[int, tuple[int, bytes]]]:
+        """``{pg: {fragment index: (fragments, digest)}}`` of the placement groups ``pgs`` (None:
+        every placement group this node holds anything of); a placement group or index holding
+        nothing is left out.
+
+        ``digest`` (``SUMMARY_DIGEST_BYTES`` bytes, big-endian) is the sum modulo 2^128, over the
+        fragments at that index, of ``summary_item(chunk_hash, chunk_size, length)``. The item
+        leaves out the index and the checksum, so the complete positions of one placement group
+        have equal digests on every member; a sum rather than an XOR, so equal items never cancel.
+        Summaries are cached and a placement group's are recomputed from its header records (no
+        fragment data) only after a put, delete or quarantine touched it. Malformed header
+        records are left out, as ``list_pg`` does.
+
+        Raises:
+            InvalidFragment: a placement group outside the u32 range.
+            StorageError: the engine is closed or RocksDB failed.
+        """
+        if pgs is not None:
+            for pg in pgs:
+                if not 0 <= pg <= _MAX_PLACEMENT_GROUP:
+                    raise InvalidFragment(f"placement group must be a u32, got {pg}")
+        self._enter()
+        try:
+            with self._summarize_lock:
+                self._refresh_summaries(pgs)
+                with self._summary_lock:
+                    wanted = self._summaries.keys() if pgs is None else pgs
+                    return {
+                        pg: {index: (count, digest.to_bytes(SUMMARY_DIGEST_BYTES, "big"))
+                             for index, (count, digest) in sorted(self._summaries[pg].items())}
+                        for pg in sorted(set(wanted)) if self._summaries.get(pg)
+                    }
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"summarizing placement groups failed: {exc}") from exc
+        finally:
+            self._exit()
+
+    def summarize(self, pgs: Collection[int] | None = None) -> dict[int, tuple[int, bytes]]:
+        """``{pg: (fragments, digest)}`` over every index: ``summarize_by_index`` with each
+        placement group's counts and digests summed (digests modulo 2^128). Same errors."""
+        result: dict[int, tuple[int, bytes]] = {}
+        for pg, by_index in self.summarize_by_index(pgs).items():
+            count = sum(fragments for fragments, _ in by_index.values())
+            digest = sum(int.from_bytes(digest, "big") for _, digest in by_index.values()) % _SUMMARY_MODULUS
+            result[pg] = (count, digest.to_bytes(SUMMARY_DIGEST_BYTES, "big"))
+        return result
+
+    def _mark_dirty(self, pgs: Collection[int]) -> None:
+        with self._summary_lock:
+            self._dirty_pgs.update(pgs)
+
+    def _refresh_summaries(self, pgs: Collection[int] | None) -> None:
+        """Recompute the cached summaries ``pgs`` needs; caller holds ``_summarize_lock``.
+
+        A placement group is taken off the dirty set before its headers are read: a write that
+        lands during the read marks it again, so the next call reads it once more.
+        """
+        with self._summary_lock:
+            full = pgs is None and not self._summaries_complete
+            if full:
+                self._dirty_pgs.clear()
+                stale: set[int] = set()
+            else:
+                wanted = self._summaries.keys() | self._dirty_pgs if pgs is None else set(pgs)
+                stale = {pg for pg in wanted
+                         if pg in self._dirty_pgs or (not self._summaries_complete and pg not in self._summaries)}
+                self._dirty_pgs -= stale
+        if full:
+            fresh = self._scan_summaries(None)
+            with self._summary_lock:
+                self._summaries = fresh
+                self._summaries_complete = True
+            return
+        for pg in stale:
+            by_index = self._scan_summaries(pg).get(pg, {})
+            with self._summary_lock:
+                self._summaries[pg] = by_index
+
+    def _scan_summaries(self, pg: int | None) -> dict[int, dict[int, list[int]]]:
+        """Summaries read from the header records of placement group ``pg`` (None: all)."""
+        summaries: dict[int, dict[int, list[int]]] = {}
+        for volume in self._volumes:
+            read_options = ReadOptions()
+            lower: bytes | None = None
+            if pg is not None:
+                lower = pg.to_bytes(4, "big")
+                if pg < _MAX_PLACEMENT_GROUP:
+                    read_options.set_iterate_upper_bound((pg + 1).to_bytes(4, "big"))
+            for raw_key, raw_header in volume.headers.items(from_key=lower, read_opt=read_options):
+                key = bytes(raw_key)  # type: ignore[arg-type]  # raw mode
+                if len(key) != KEY_BYTES:
+                    continue
+                try:
+                    _version, _checksum, length, chunk_size, _written = _unpack_header(bytes(raw_header))
+                except ValueError:
+                    continue
+                slot = summaries.setdefault(int.from_bytes(key[:4], "big"), {}).setdefault(key[-1], [0, 0])
+                slot[0] += 1
+                slot[1] = (slot[1] + summary_item(key[4:-1], chunk_size, length)) % _SUMMARY_MODULUS
+        return summaries
+
     def verify(self, chunk_hash: bytes, index: int, pg: int) -> str | None:
         """Re-read a fragment and check it: header format, length, CRC32C of the data, RocksDB's
         own block checksums. Returns what is wrong, or None when it checks out or is not on this
@@ -632,6 +760,13 @@ class FragmentEngine:
             self._active_calls -= 1
             if self._active_calls == 0:
                 self._gate.notify_all()
+
+
+def summary_item(chunk_hash: bytes, chunk_size: int, length: int) -> int:
+    """One fragment's term of a summary digest: BLAKE2b-128 (RFC 7693) of ``chunk_hash (32
+    bytes) + chunk_size (u64 BE) + length (u64 BE)``, as a big-endian integer."""
+    digest = hashlib.blake2b(chunk_hash + _SUMMARY_ITEM.pack(chunk_size, length), digest_size=SUMMARY_DIGEST_BYTES)
+    return int.from_bytes(digest.digest(), "big")
 
 
 def _unpack_header(header: bytes) -> tuple[int, int, int, int, int]:

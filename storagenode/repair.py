@@ -7,10 +7,16 @@ loses nothing). Design: /work/helper-notes/issue3-plan.md §2-3; decisions per P
 
 A scan (``scan_once``; every ``scan_interval`` seconds, at start and soon after a ``hint``):
 
-1. Lists every placement group locally (headers only, in the executor).
-2. For every PG where this node holds a position, or holds fragments at all, lists the PG on
-   every UP acting member and every UP former holder of a position (``StorageNodeClient.list_fragments``).
-3. Plans (``plan_placement_group``, in the executor) and runs the tasks, fewest surviving fragments
+1. Summarizes this node's placement groups (``FragmentEngine.summarize_by_index``: per fragment
+   index a count and a digest, cached by the engine) and asks every UP node it shares a placement
+   group with (acting member or former holder) for its summaries of the shared placement groups:
+   one ``SummarizePlacementGroups`` call per peer (``StorageNodeClient.summarize_placement_groups``).
+2. A placement group whose summaries agree (``repair_plan.needs_listing``) and that was not hinted
+   is clean: nothing to repair, its health follows from the map alone (``clean_health``). Every
+   other one is listed here (headers only, in the executor) and on every UP acting member and
+   every UP former holder (``StorageNodeClient.list_fragments``). A clean cluster's scan thus
+   costs one small call per peer and no listing.
+3. Plans the listed ones (``plan_placement_group``, in the executor) and runs the tasks, fewest surviving fragments
    first, ``concurrency`` at a time: a **copy** fetches the fragment from a node that holds that very
    index (a former holder); a **rebuild** fetches 10 other fragments, decodes, checks the chunk's
    SHA-256, re-encodes (``common.erasure_code.rebuild_fragment``, in the executor; other
@@ -53,7 +59,9 @@ from storagenode.repair_plan import (
     MisplacedFragment,
     PlacementGroupPlan,
     RepairTask,
+    clean_health,
     listing_targets,
+    needs_listing,
     plan_placement_group,
     primary_of,
 )
@@ -64,7 +72,7 @@ T = TypeVar("T")
 
 #: Decode attempts (fragment combinations) per rebuild before giving up on a stripe this scan.
 MAX_DECODE_ATTEMPTS = 4
-#: Remote listings in flight at once during a scan.
+#: Remote listings (and summary calls) in flight at once during a scan.
 LISTING_CONCURRENCY = 8
 #: Window over which the observed repair rate is averaged, seconds.
 RATE_WINDOW_SECONDS = 30.0
@@ -92,6 +100,10 @@ TIME_TO_FULL_REDUNDANCY = Gauge(
     "Pending bytes / observed repair rate (or / the rate limit when idle), seconds",
 )
 SCANS = Counter("coffer_repair_scans", "Repair scans completed")
+LISTED_PLACEMENT_GROUPS = Counter(
+    "coffer_repair_listed_placement_groups",
+    "Placement groups repair scans listed in full (the others were clean by their summaries)",
+)
 MISPLACED_FRAGMENTS = Gauge(
     "coffer_repair_misplaced_fragments", "Fragments this node holds at an index that is no longer its position"
 )
@@ -109,13 +121,15 @@ UNRECOVERABLE_STRIPES = Gauge(
 class RepairReport:
     """What one ``scan_once`` found and did.
 
-    ``placement_groups`` scanned; ``tasks`` planned for this node; ``copied`` / ``rebuilt``
+    ``placement_groups`` scanned, ``listed`` of them in full (the rest clean by their
+    summaries); ``tasks`` planned for this node; ``copied`` / ``rebuilt``
     fragments stored; ``failed`` tasks (retried next scan); ``bytes_fetched`` / ``bytes_written``;
     ``unrecoverable`` stripes and ``degraded`` stripes per missing-count label (only PGs this node
     is primary of); ``misplaced`` fragments held here, ``misplaced_deleted`` of them deleted.
     """
 
     placement_groups: int = 0
+    listed: int = 0
     tasks: int = 0
     copied: int = 0
     rebuilt: int = 0
@@ -275,17 +289,33 @@ class RepairAgent:
         next scan). Raises ``StorageError`` if the local engine cannot be listed (e.g. closed).
         """
         async with self._scan_lock:
-            self._hinted.clear()
+            hinted, self._hinted = self._hinted, set()  # hints arriving during the scan wait for the next
             report = RepairReport()
             cluster_map = self._cluster_map()
             if cluster_map is None:
                 return report
-            local = await self._in_executor(_list_all_local, self._engine, cluster_map.pg_count)
+            own = await self._in_executor(self._engine.summarize_by_index, None)
             pgs = [
                 pg for pg in range(cluster_map.pg_count)
-                if self.node_id in cluster_map.acting_set(pg) or local.get(pg)
+                if self.node_id in cluster_map.acting_set(pg) or own.get(pg)
             ]
-            plans = await self._plan(cluster_map, pgs, local)
+            peer_summaries = await self._peer_summaries(cluster_map, pgs)
+            dirty: list[int] = []
+            plans: list[tuple[int, PlacementGroupPlan]] = []
+            for pg in pgs:
+                mine = own.get(pg, {})
+                peers = {
+                    node_id: (None if summaries is None else summaries.get(pg, {}))
+                    for node_id, summaries in peer_summaries.items()
+                }
+                if pg in hinted or needs_listing(pg, cluster_map, self.node_id, mine, peers):
+                    dirty.append(pg)
+                else:
+                    stripes = max((count for count, _ in mine.values()), default=0)
+                    plans.append((pg, PlacementGroupPlan([], [], clean_health(pg, cluster_map, stripes))))
+            plans.extend(await self._plan(cluster_map, dirty))
+            report.listed = len(dirty)
+            LISTED_PLACEMENT_GROUPS.inc(len(dirty))
             report.placement_groups = len(plans)
             tasks: list[RepairTask] = []
             misplaced: list[MisplacedFragment] = []
@@ -314,10 +344,34 @@ class RepairAgent:
             logger.info("repair scan done", extra={"fields": {"node": self.node_id, **dataclasses.asdict(report)}})
             return report
 
-    async def _plan(
-        self, cluster_map: ClusterMap, pgs: Sequence[int], local: dict[int, list[FragmentEntry]]
-    ) -> list[tuple[int, PlacementGroupPlan]]:
-        """List ``pgs`` on their UP members and former holders and plan each (planning in the executor)."""
+    async def _peer_summaries(
+        self, cluster_map: ClusterMap, pgs: Sequence[int]
+    ) -> dict[str, dict[int, dict[int, tuple[int, bytes]]] | None]:
+        """Summaries of ``pgs`` from every other node of their ``listing_targets``: one call per
+        peer, asking only for the placement groups shared with it. None for a peer that failed."""
+        wanted: dict[str, list[int]] = {}
+        for pg in pgs:
+            for node_id in listing_targets(cluster_map, pg):
+                if node_id != self.node_id:
+                    wanted.setdefault(node_id, []).append(pg)
+        gate = asyncio.Semaphore(LISTING_CONCURRENCY)
+
+        async def summarize(node_id: str, shared: list[int]) -> dict[int, dict[int, tuple[int, bytes]]] | None:
+            address = cluster_map.nodes[node_id].address
+            async with gate:
+                try:
+                    return await self._peers.client(node_id, address).summarize_placement_groups(shared)
+                except StorageError as error:
+                    logger.warning("repair could not summarize a peer", extra={"fields": {
+                        "node": self.node_id, "peer": node_id, "error": str(error)}})
+                    return None
+
+        results = await asyncio.gather(*(summarize(node_id, shared) for node_id, shared in wanted.items()))
+        return dict(zip(wanted, results, strict=True))
+
+    async def _plan(self, cluster_map: ClusterMap, pgs: Sequence[int]) -> list[tuple[int, PlacementGroupPlan]]:
+        """List ``pgs`` here, on their UP members and former holders and plan each (listing and
+        planning in the executor)."""
         gate = asyncio.Semaphore(LISTING_CONCURRENCY)
 
         async def listing(node_id: str, pg: int) -> list[FragmentEntry] | None:
@@ -332,9 +386,10 @@ class RepairAgent:
 
         async def plan_one(pg: int) -> tuple[int, PlacementGroupPlan]:
             peers = [node_id for node_id in listing_targets(cluster_map, pg) if node_id != self.node_id]
-            results = await asyncio.gather(*(listing(node_id, pg) for node_id in peers))
+            local, *results = await asyncio.gather(
+                self._in_executor(_list_local, self._engine, pg), *(listing(node_id, pg) for node_id in peers))
             listings: dict[str, Sequence[FragmentEntry] | None] = dict(zip(peers, results, strict=True))
-            listings[self.node_id] = local.get(pg, [])
+            listings[self.node_id] = local
             plan = await self._in_executor(plan_placement_group, pg, cluster_map, self.node_id, listings)
             return pg, plan
 
@@ -499,14 +554,9 @@ class RepairAgent:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
 
-def _list_all_local(engine: FragmentEngine, pg_count: int) -> dict[int, list[FragmentEntry]]:
-    """This node's listing of every placement group below ``pg_count`` that holds something
-    (headers only, one pass over ``FragmentEngine.list_all``; blocking)."""
-    listings: dict[int, list[FragmentEntry]] = {}
-    for pg, entry in engine.list_all():
-        if pg < pg_count:
-            listings.setdefault(pg, []).append(entry)
-    return listings
+def _list_local(engine: FragmentEngine, pg: int) -> list[FragmentEntry]:
+    """This node's listing of placement group ``pg`` (headers only; blocking)."""
+    return list(engine.list_pg(pg))
 
 
 def _store(engine: FragmentEngine, task: RepairTask, data: bytes) -> StorageError | None:

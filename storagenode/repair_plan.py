@@ -38,6 +38,12 @@ from storagenode.records import FragmentEntry
 #: ``PlacementGroupHealth.stripes_by_missing`` buckets, as the metric labels them: 1..4, then "5+".
 MISSING_BUCKETS = ("1", "2", "3", "4", "5+")
 
+#: One node's summary of one placement group: fragment index -> (fragments, 16-byte digest), as
+#: ``FragmentEngine.summarize_by_index`` and ``StorageNodeClient.summarize_placement_groups`` give
+#: it (an index holding nothing is absent).
+PositionSummaries = Mapping[int, tuple[int, bytes]]
+_EMPTY_SUMMARY = (0, bytes(16))
+
 
 @dataclass(frozen=True)
 class RepairTask:
@@ -155,6 +161,79 @@ def listing_targets(cluster_map: ClusterMap, pg: int) -> list[str]:
         if node_id not in targets and cluster_map.nodes[node_id].state == NodeState.UP:
             targets.append(node_id)
     return targets
+
+
+def needs_listing(
+    pg: int,
+    cluster_map: ClusterMap,
+    node_id: str,
+    own: PositionSummaries,
+    peers: Mapping[str, PositionSummaries | None],
+) -> bool:
+    """Whether ``node_id`` must list placement group ``pg`` on every ``listing_targets`` node and
+    plan it, rather than take it as clean from the summaries.
+
+    ``own`` is this node's summary of ``pg``; ``peers`` maps each other node of
+    ``listing_targets(cluster_map, pg)`` to its summary (``{}`` when it holds nothing there,
+    ``None`` when it could not be asked). The placement group is clean, and False returned, only when:
+
+    * every fragment this node holds is at one of its positions (nothing misplaced here), and
+    * every other UP acting member holds fragments only at its own positions, each with exactly
+      this node's (fragments, digest) at this node's position (same chunks, same chunk sizes and
+      lengths), and
+    * every UP former holder that is no longer an acting member holds nothing in ``pg``.
+
+    Then every chunk of the PG has a valid fragment at every UP position and nothing is left to
+    copy, rebuild or delete. DOWN members are not asked: their positions count as missing
+    (``clean_health``), and nothing can be done for them until they are back or OUT. Digests
+    compare multisets of (chunk hash, chunk size, length); a collision (2^-128) is the only way
+    this misses work. An unreachable peer (``None``) makes the PG need a listing.
+
+    Raises:
+        IndexError: ``pg`` is outside the map.
+    """
+    acting = cluster_map.acting_set(pg)
+    my_positions = {position for position, holder in enumerate(acting) if holder == node_id}
+    if any(index not in my_positions for index in own):
+        return True
+    reference = {own.get(position, _EMPTY_SUMMARY) for position in my_positions}
+    if len(reference) > 1:
+        return True
+    expected = next(iter(reference), _EMPTY_SUMMARY)
+    for target in listing_targets(cluster_map, pg):
+        if target == node_id:
+            continue
+        summary = peers.get(target)
+        if summary is None:
+            return True
+        positions = {position for position, holder in enumerate(acting) if holder == target}
+        if any(index not in positions for index in summary):
+            return True
+        if any(summary.get(position, _EMPTY_SUMMARY) != expected for position in positions):
+            return True
+    return False
+
+
+def clean_health(pg: int, cluster_map: ClusterMap, stripes: int) -> PlacementGroupHealth:
+    """The health ``plan_placement_group`` would report for a placement group ``needs_listing``
+    found clean, holding ``stripes`` chunks at each UP position, without listing it: every stripe
+    misses exactly the positions of acting members that are not UP (unrecoverable when fewer than
+    10 positions are left).
+
+    Raises:
+        IndexError: ``pg`` is outside the map.
+    """
+    acting = cluster_map.acting_set(pg)
+    missing = sum(
+        1 for holder in acting if holder not in cluster_map.nodes or cluster_map.nodes[holder].state != NodeState.UP
+    )
+    stripes_by_missing = [0] * (len(acting) + 1)
+    unrecoverable = 0
+    if len(acting) - missing < DATA_FRAGMENTS:
+        unrecoverable = stripes
+    else:
+        stripes_by_missing[missing] = stripes
+    return PlacementGroupHealth(pg=pg, stripes_by_missing=tuple(stripes_by_missing), unrecoverable=unrecoverable)
 
 
 def _chunk_size_of(entries: Sequence[FragmentEntry], fragment_length: Callable[[int], int]) -> int | None:

@@ -63,7 +63,7 @@ MAX_READ_BATCH_FRAGMENTS = 64
 
 REQUESTS = Counter(
     "coffer_storagenode_requests_total",
-    "Fragment operations served, by operation (put, get, delete, list, health) and outcome",
+    "Fragment operations served, by operation (put, get, delete, list, health, summarize) and outcome",
     ["operation", "outcome"],
 )
 FRAGMENT_BYTES = Counter(
@@ -651,6 +651,25 @@ class StorageNodeServicer(storage_pb2_grpc.StorageNodeServicer):
             corrupt_fragments_detected=self._engine.corrupt_fragments_detected,
         )
 
+    async def SummarizePlacementGroups(
+        self, request: storage_pb2.SummarizeRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.SummarizeResponse:
+        """Per (placement group, fragment index) fragment counts and digests of the asked-for
+        placement groups (none asked: every one held), from ``FragmentEngine.summarize_by_index``."""
+        started = time.perf_counter()
+        pgs = list(request.placement_groups) or None
+        try:
+            summaries = await self._run(lambda: self._engine.summarize_by_index(pgs))
+        except Exception as exc:
+            self._record("summarize", classify(exc)[0], started, exc)
+            await self._abort(context, exc)
+        self._record("summarize", storage_pb2.STATUS_OK, started, None)
+        return storage_pb2.SummarizeResponse(summaries=[
+            storage_pb2.PlacementGroupSummary(placement_group=pg, fragment_index=index, fragments=count, digest=digest)
+            for pg, by_index in summaries.items()
+            for index, (count, digest) in by_index.items()
+        ])
+
     # -- operations shared by the stream and the unary calls -----------------------------------
 
     async def _put(self, request: storage_pb2.PutFragmentRequest) -> None:
@@ -745,6 +764,11 @@ def add_to_server(servicer: StorageNodeServicer, server: grpc.aio.Server) -> Non
             servicer.Health,
             request_deserializer=storage_pb2.HealthRequest.FromString,
             response_serializer=storage_pb2.HealthResponse.SerializeToString,
+        ),
+        "SummarizePlacementGroups": grpc.unary_unary_rpc_method_handler(
+            servicer.SummarizePlacementGroups,
+            request_deserializer=storage_pb2.SummarizeRequest.FromString,
+            response_serializer=storage_pb2.SummarizeResponse.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

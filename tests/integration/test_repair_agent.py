@@ -219,6 +219,7 @@ def test_an_out_nodes_positions_are_rebuilt_on_their_new_holders(coder: ErasureC
             for primary in sorted(p for p in primaries if p is not None):
                 report = await cluster.agent(primary).scan_once()
                 assert report.tasks == 0
+                assert report.listed == 0  # the UP members' summaries agree: counted without listing
                 degraded += report.degraded["1"]
             assert degraded == len(expected)
             cluster.cluster_map = cluster.next_map(cluster.map_nodes(states={gone: NodeState.OUT}))
@@ -313,5 +314,64 @@ def test_a_started_agent_scans_at_once_and_again_on_a_hint(coder: ErasureCoder, 
             finally:
                 await agent.stop()
             assert node.fragment(chunk_hash, 7, pg) == original
+
+    asyncio.run(body())
+
+
+def requests(operation: str) -> float:
+    return metric("coffer_storagenode_requests_total", operation=operation, outcome="ok")
+
+
+def test_a_clean_cluster_is_scanned_with_one_summary_call_per_peer_and_no_listing(
+    coder: ErasureCoder, tmp_path: Path
+) -> None:
+    async def body() -> None:
+        async with local_cluster(tmp_path, members=14) as cluster:
+            chunks = await write_chunks(cluster, coder, 8)
+            members = sorted(cluster.cluster_map.nodes)
+            lists, summaries = requests("list"), requests("summarize")
+            for node_id in members:
+                report = await cluster.agent(node_id).scan_once()
+                assert (report.placement_groups, report.listed, report.tasks, report.misplaced) == (PG_COUNT, 0, 0, 0)
+                assert sum(report.degraded.values()) == 0 and report.unrecoverable == 0
+            assert requests("list") == lists
+            # Every node shares a PG with each of the 13 others (4 PGs over 14 nodes).
+            assert requests("summarize") - summaries == len(members) * (len(members) - 1)
+
+            # A lost fragment makes only its PG dirty; a hint makes a clean PG listed too.
+            chunk_hash = chunks[0][0]
+            pg = cluster.pg(chunk_hash)
+            holder = cluster.holder(chunk_hash, 2)
+            assert holder.engine.delete(chunk_hash, 2, pg)
+            primary = primary_of(cluster.cluster_map, pg)
+            assert primary is not None and primary != holder.node_id
+            report = await cluster.agent(primary).scan_once()
+            assert report.listed == 1 and report.degraded["1"] == 1 and report.tasks == 0
+            lists = requests("list")
+            report = await cluster.agent(holder.node_id).scan_once()
+            assert (report.listed, report.rebuilt) == (1, 1)
+            assert requests("list") - lists == 13  # the dirty PG on the 13 peers (its own listing is local)
+            agent = cluster.agent(holder.node_id)
+            agent.hint((pg + 1) % PG_COUNT)
+            report = await agent.scan_once()
+            assert (report.listed, report.tasks) == (1, 0)
+            assert (await agent.scan_once()).listed == 0  # a hint is used once
+
+    asyncio.run(body())
+
+
+def test_an_unreachable_up_peer_makes_its_placement_groups_listed(coder: ErasureCoder, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with local_cluster(tmp_path, members=14) as cluster:
+            [(chunk_hash, _)] = await write_chunks(cluster, coder, 1)
+            pg = cluster.pg(chunk_hash)
+            silent = cluster.holder(chunk_hash, 4)
+            await silent.server.stop(None)  # still UP in the map
+            node = cluster.holder(chunk_hash, 0)
+            report = await cluster.agent(node.node_id).scan_once()
+            # Every PG shares the silent node: all are listed; its fragments count as missing.
+            assert report.listed == PG_COUNT and report.tasks == 0
+            assert primary_of(cluster.cluster_map, pg) == node.node_id
+            assert report.degraded["1"] == 1
 
     asyncio.run(body())

@@ -14,13 +14,16 @@ import pytest
 from common.erasure_code import fragment_bytes
 from common.layout import STRIPE_WIDTH
 from placement.cluster_map import ClusterMap, FailureDomain, Node, NodeState
+from storagenode.engine import summary_item
 from storagenode.records import FragmentEntry
 from storagenode.repair import TokenBucket
 from storagenode.repair_plan import (
     PlacementGroupHealth,
     PlacementGroupPlan,
     _chunk_size_of,
+    clean_health,
     listing_targets,
+    needs_listing,
     plan_placement_group,
     primary_of,
 )
@@ -307,3 +310,81 @@ def test_token_bucket_paces_bytes_and_lets_large_requests_go_into_debt(monkeypat
     assert now[0] == pytest.approx(3.0)  # 400 bytes at 100 B/s, less the 100-byte burst
     with pytest.raises(ValueError):
         TokenBucket(0)
+
+
+# -- summaries: when a placement group may be skipped ---------------------------------------------
+
+
+def summaries_of(listing: Sequence[FragmentEntry]) -> dict[int, tuple[int, bytes]]:
+    """What ``FragmentEngine.summarize_by_index`` reports for a node holding ``listing``."""
+    sums: dict[int, list[int]] = {}
+    for item in listing:
+        slot = sums.setdefault(item.index, [0, 0])
+        slot[0] += 1
+        slot[1] = (slot[1] + summary_item(item.chunk_hash, item.chunk_size, item.length)) % 2**128
+    return {index: (count, digest.to_bytes(16, "big")) for index, (count, digest) in sums.items()}
+
+
+def listing_needed(listings: Mapping[str, Sequence[FragmentEntry]], cluster_map: ClusterMap,
+                  unreachable: Iterable[str] = ()) -> bool:
+    """``needs_listing`` for ME, with the summaries every target would report."""
+    silent = set(unreachable)
+    peers = {node_id: (None if node_id in silent else summaries_of(listings.get(node_id, [])))
+             for node_id in listing_targets(cluster_map, 0) if node_id != ME}
+    return needs_listing(0, cluster_map, ME, summaries_of(listings.get(ME, [])), peers)
+
+
+def test_a_whole_placement_group_needs_no_listing_and_its_health_is_known() -> None:
+    chunks = [chunk(seed) for seed in range(5)]
+    listings = healthy_listings(chunks)
+    assert not listing_needed(listings, make_map())
+    down = make_map({"node-02": NodeState.DOWN, "node-09": NodeState.DOWN})
+    assert not listing_needed(listings, down)
+    assert clean_health(0, down, 5) == plan({n: listings[n] for n in listing_targets(down, 0)}, down).health
+    many_down = make_map({node_id: NodeState.DOWN for node_id in ACTING[:5]})
+    assert clean_health(0, many_down, 5).unrecoverable == 5
+
+
+def test_any_difference_an_unreachable_peer_or_a_busy_former_holder_needs_a_listing() -> None:
+    chunks = [chunk(seed) for seed in range(4)]
+    lost_elsewhere = healthy_listings(chunks, missing=[(chunks[1], 8)])
+    assert listing_needed(lost_elsewhere, make_map())
+    stale_elsewhere = healthy_listings(chunks)
+    stale_elsewhere["node-03"][0] = entry(chunks[0], 3, length=LENGTH - 1)
+    assert listing_needed(stale_elsewhere, make_map())
+    assert listing_needed(healthy_listings(chunks), make_map(), unreachable=["node-11"])
+    former = healthy_listings(chunks)
+    former["node-15"] = [entry(chunks[0], 4)]
+    assert listing_needed(former, make_map(former=[("node-15", 4)]))
+    assert not listing_needed(healthy_listings(chunks), make_map(former=[("node-15", 4)]))
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_a_skipped_placement_group_is_one_the_planner_finds_clean(seed: int) -> None:
+    """Random damage (lost, stale, misplaced and stray fragments, DOWN members, former holders):
+    whenever the summaries let ME skip the PG, listing and planning it gives no task, nothing
+    misplaced and exactly ``clean_health``."""
+    rng = random.Random(seed)
+    chunks = [chunk(1000 * seed + n) for n in range(rng.randint(0, 4))]
+    lost = [(rng.choice(chunks), rng.randrange(STRIPE_WIDTH)) for _ in range(rng.choice([0, 0, 1, 2]))] if chunks \
+        else []
+    listings = healthy_listings(chunks, missing=lost)
+    for _ in range(rng.choice([0, 0, 1])):  # a stale copy somewhere
+        if chunks:
+            index = rng.randrange(STRIPE_WIDTH)
+            listings[ACTING[index]].append(entry(rng.choice(chunks), index, length=LENGTH + 1))
+    for _ in range(rng.choice([0, 0, 1])):  # a misplaced or stray fragment
+        if chunks:
+            listings[rng.choice(NODES)].append(entry(rng.choice(chunks), rng.randrange(STRIPE_WIDTH)))
+    for node_id in NODES:  # one key per (chunk, index) per node, as in the engine
+        unique = {(e.chunk_hash, e.index): e for e in listings[node_id]}
+        listings[node_id] = list(unique.values())
+    states = {node_id: NodeState.DOWN for node_id in rng.sample(NODES, rng.choice([0, 0, 1, 3])) if node_id != ME}
+    former = [("node-16", rng.randrange(STRIPE_WIDTH))] if rng.random() < 0.3 else []
+    cluster_map = make_map(states, former=former)
+    if not listing_needed(listings, cluster_map):
+        targets = listing_targets(cluster_map, 0)
+        result = plan({node_id: listings[node_id] for node_id in targets}, cluster_map)
+        assert result.tasks == [] and result.misplaced == []
+        stripes = summaries_of(listings[ME]).get(MY_POSITION, (0, b""))[0]
+        assert result.health == clean_health(0, cluster_map, stripes)
