@@ -39,7 +39,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -58,6 +58,7 @@ from storagenode.repair_plan import (
     MISSING_BUCKETS,
     MisplacedFragment,
     PlacementGroupPlan,
+    PositionSummaries,
     RepairTask,
     clean_health,
     listing_targets,
@@ -300,19 +301,8 @@ class RepairAgent:
                 if self.node_id in cluster_map.acting_set(pg) or own.get(pg)
             ]
             peer_summaries = await self._peer_summaries(cluster_map, pgs)
-            dirty: list[int] = []
-            plans: list[tuple[int, PlacementGroupPlan]] = []
-            for pg in pgs:
-                mine = own.get(pg, {})
-                peers = {
-                    node_id: (None if summaries is None else summaries.get(pg, {}))
-                    for node_id, summaries in peer_summaries.items()
-                }
-                if pg in hinted or needs_listing(pg, cluster_map, self.node_id, mine, peers):
-                    dirty.append(pg)
-                else:
-                    stripes = max((count for count, _ in mine.values()), default=0)
-                    plans.append((pg, PlacementGroupPlan([], [], clean_health(pg, cluster_map, stripes))))
+            dirty, plans = await self._in_executor(
+                _triage, cluster_map, self.node_id, pgs, own, peer_summaries, hinted)
             plans.extend(await self._plan(cluster_map, dirty))
             report.listed = len(dirty)
             LISTED_PLACEMENT_GROUPS.inc(len(dirty))
@@ -552,6 +542,34 @@ class RepairAgent:
 
     async def _in_executor(self, function: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+
+def _triage(
+    cluster_map: ClusterMap,
+    node_id: str,
+    pgs: Sequence[int],
+    own: Mapping[int, PositionSummaries],
+    peer_summaries: Mapping[str, Mapping[int, PositionSummaries] | None],
+    hinted: Collection[int],
+) -> tuple[list[int], list[tuple[int, PlacementGroupPlan]]]:
+    """Split ``pgs`` into those to list (hinted, or ``needs_listing``) and the plans of the clean
+    ones (no task, nothing misplaced, ``clean_health``). ``own``: this node's summaries by PG;
+    ``peer_summaries``: each peer's by PG, None for a peer that could not be asked. Pure, CPU only."""
+    dirty: list[int] = []
+    clean: list[tuple[int, PlacementGroupPlan]] = []
+    for pg in pgs:
+        mine = own.get(pg, {})
+        peers: dict[str, PositionSummaries | None] = {}
+        for peer in listing_targets(cluster_map, pg):
+            if peer != node_id:
+                summaries = peer_summaries.get(peer)
+                peers[peer] = None if summaries is None else summaries.get(pg, {})
+        if pg in hinted or needs_listing(pg, cluster_map, node_id, mine, peers):
+            dirty.append(pg)
+        else:
+            stripes = max((count for count, _ in mine.values()), default=0)
+            clean.append((pg, PlacementGroupPlan([], [], clean_health(pg, cluster_map, stripes))))
+    return dirty, clean
 
 
 def _list_local(engine: FragmentEngine, pg: int) -> list[FragmentEntry]:

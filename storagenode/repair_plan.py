@@ -18,6 +18,10 @@ Definitions used throughout (docs/architecture.md, repair; /work/helper-notes/is
   former holders, strays on listed nodes). With fewer than 10 and no copy of the missing fragment
   elsewhere, the stripe is **unrecoverable**: counted and skipped (usually the leftover of a failed
   write, which garbage collection removes).
+* A placement group may be left unlisted when the members' summaries (per fragment index: a
+  count and a digest of (chunk hash, chunk size, length), ``FragmentEngine.summarize_by_index``)
+  show every UP position complete and nothing misplaced (``needs_listing``); its health then
+  follows from the map alone (``clean_health``).
 * A **misplaced** fragment is one this node holds at an index that is not its position in the
   current acting set. It may be deleted once the current holder of that position lists the same
   chunk and index with the same checksum (or this node's copy is stale and the holder's is valid).
