@@ -106,7 +106,11 @@ def test_placement_is_deterministic_and_order_independent(nodes: dict[str, Node]
             compute_acting_sets(32, shuffled)
         return
     assert compute_acting_sets(32, shuffled) == first
-    assert all(compute_acting_set(pg, shuffled) == first[pg] for pg in range(32))
+    # The plain rendezvous choice of one group is order independent too; the balanced placement
+    # keeps most of it (balancing moves single memberships).
+    plain = [compute_acting_set(pg, nodes) for pg in range(32)]
+    assert all(compute_acting_set(pg, shuffled) == plain[pg] for pg in range(32))
+    assert sum(len(set(a) & set(b)) for a, b in zip(plain, first, strict=True)) >= 0.8 * WIDTH * 32
 
 
 def test_rendezvous_score_is_pinned() -> None:
@@ -162,10 +166,11 @@ def test_adding_a_node_moves_only_positions_it_takes(nodes: dict[str, Node]) -> 
     after = compute_acting_sets(64, grown, previous)
     moved = moved_positions(before, after)
     if placement_rules(nodes) == placement_rules(grown):
-        # Same caps: each PG swaps at most one node, and only for the newcomer.
-        assert all(new == joining.node_id for _, new in moved)
-        for old, new in zip(before, after, strict=True):
-            assert sum(a != b for a, b in zip(old, new, strict=True)) <= 1
+        # Same caps: positions go to the newcomer, or (where the zones kept the old map uneven and
+        # the newcomer's zone loosens them) from a more loaded node to a less loaded one.
+        counts = Counter(node_id for acting in before for node_id in acting)
+        assert all(new == joining.node_id or counts[old] > counts[new] for old, new in moved)
+        assert any(new == joining.node_id for _, new in moved)
 
 
 @given(st.integers(15, 20))
