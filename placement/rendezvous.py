@@ -1,4 +1,4 @@
-"""Deterministic placement of stripes: rendezvous hashing under the failure-domain rule.
+"""Deterministic placement of stripes: rendezvous hashing under the failure-domain rule, balanced.
 
 Pure functions, no I/O. Each placement group ranks every eligible node (not OUT and not draining;
 DOWN nodes stay eligible until they are OUT) by a stable hash of ``(pg, node_id)`` — rendezvous or
@@ -14,15 +14,27 @@ rates", IEEE/ACM ToN 1998) — and takes the best ``width`` nodes that keep two 
 * hosts as even as possible: at most ``c`` fragments per host, ``c`` the smallest cap with which a
   full stripe still fits (1 when there are at least ``width`` hosts).
 
-When a previous map is given, a node keeps its position while it stays chosen, and a node that left
-a stripe (OUT, draining, or outranked) is remembered with the position it held (``former_positions``): when
-it is chosen again it gets that position back, so the fragments it still stores are the right ones.
-
 Domains nest (a host lies in one rack, a rack in one zone), so these caps form a laminar matroid:
-the greedy choice in rank order is the maximum-weight valid set, and whether a valid set exists does
-not depend on the order (Edmonds, "Matroids and the greedy algorithm", 1971). That same property
-keeps changes small: adding or removing one node changes the chosen set of a PG by at most one node
-(as long as the caps themselves do not change).
+the greedy choice in rank order is the maximum-weight valid set, whether a valid set exists does
+not depend on the order, and any partial stripe that keeps the caps can be completed (Edmonds,
+"Matroids and the greedy algorithm", 1971).
+
+Rendezvous alone leaves node position counts uneven (binomial: 19 nodes and 64 PGs gave 42..54
+around a mean of 47.2), so ``compute_placement`` balances across placement groups. With no usable
+previous map it starts from each group's rendezvous choice; with one it starts from the previous
+members (so history, not the hash, decides who keeps what), gives nodes coming back from OUT or a
+drain their former positions, and fills vacancies with the least-loaded nodes that fit. Then it
+moves single memberships from nodes above ``balance_bounds`` (mean ± ``BALANCE_TOLERANCE``) to
+less-loaded nodes and into nodes below them, each move keeping the caps, until every node is
+within the bounds or no move helps (a local search in the spirit of the balanced allocations used
+by Ceph's upmap balancer; each move lowers the sum of squared counts, so it ends). Nodes within
+the bounds are left alone: a balanced previous map is kept, a joining node takes about its share
+from the most loaded nodes, and an OUT or draining node's positions are the only ones that move.
+
+Positions: a node keeps its position while it stays a member, and a node that left a stripe (OUT,
+draining, or moved away by balancing) is remembered with the position it held
+(``former_positions``): when it is a member again it gets that position back if vacant, so the
+fragments it still stores are the right ones.
 """
 
 from __future__ import annotations
@@ -229,6 +241,11 @@ class _Stripes:
         self.per_host: list[Counter[tuple[str, ...]]] = [Counter() for _ in range(pg_count)]
         self.load = {n.node_id: 0 for n in eligible}
         self.groups: dict[str, set[int]] = {n.node_id: set() for n in eligible}
+        # Groups in which each domain / host is below its cap: lets ``movable_groups`` find a
+        # pair's possible moves with set operations instead of checking group by group.
+        every_group = range(pg_count)
+        self.domain_open = {domain: set(every_group) for domain in self.domain.values()}
+        self.host_open = {host: set(every_group) for host in self.host.values()}
 
     def fits(self, pg: int, node_id: str, replacing: str | None = None) -> bool:
         """Whether ``node_id`` may join ``pg``'s stripe (in place of member ``replacing``, if given)
@@ -242,17 +259,37 @@ class _Stripes:
         return ((replacing is not None and self.host[replacing] == host)
                 or self.per_host[pg][host] < self.rules.max_per_host)
 
+    def movable_groups(self, source: str, target: str) -> set[int]:
+        """The groups in which ``target`` may take ``source``'s membership under the caps (the same
+        answer as ``fits(pg, target, source)`` for each group holding ``source``)."""
+        groups = self.groups[source] - self.groups[target]
+        if self.domain[target] != self.domain[source]:
+            groups &= self.domain_open[self.domain[target]]
+        if self.host[target] != self.host[source]:
+            groups &= self.host_open[self.host[target]]
+        return groups
+
     def add(self, pg: int, node_id: str) -> None:
+        domain, host = self.domain[node_id], self.host[node_id]
         self.members[pg].add(node_id)
-        self.per_domain[pg][self.domain[node_id]] += 1
-        self.per_host[pg][self.host[node_id]] += 1
+        self.per_domain[pg][domain] += 1
+        if self.per_domain[pg][domain] >= self.rules.max_per_domain:
+            self.domain_open[domain].discard(pg)
+        self.per_host[pg][host] += 1
+        if self.per_host[pg][host] >= self.rules.max_per_host:
+            self.host_open[host].discard(pg)
         self.load[node_id] += 1
         self.groups[node_id].add(pg)
 
     def remove(self, pg: int, node_id: str) -> None:
+        domain, host = self.domain[node_id], self.host[node_id]
         self.members[pg].remove(node_id)
-        self.per_domain[pg][self.domain[node_id]] -= 1
-        self.per_host[pg][self.host[node_id]] -= 1
+        self.per_domain[pg][domain] -= 1
+        if self.per_domain[pg][domain] < self.rules.max_per_domain:
+            self.domain_open[domain].add(pg)
+        self.per_host[pg][host] -= 1
+        if self.per_host[pg][host] < self.rules.max_per_host:
+            self.host_open[host].add(pg)
         self.load[node_id] -= 1
         self.groups[node_id].remove(pg)
 
@@ -337,9 +374,7 @@ def _best_group(stripes: _Stripes, source: str, target: str, scores: Scores,
     (``stored[pg]``: the previous members), moves to a node that held a position there before
     (``former[pg]``), moves rendezvous ranks best (target's score most above source's), lowest pg."""
     best: tuple[int, int, int, int] | None = None
-    for pg in stripes.groups[source]:
-        if not stripes.fits(pg, target, source):
-            continue
+    for pg in stripes.movable_groups(source, target):
         cost = (target not in stored[pg]) - (source not in stored[pg])
         key = (cost, target not in former[pg], scores[pg][source] - scores[pg][target], pg)
         if best is None or key < best:
@@ -361,6 +396,21 @@ def _balance(stripes: _Stripes, scores: Scores, bounds: tuple[int, int],
     """
     low, high = bounds
     load = stripes.load
+    # source -> targets that cannot take any of its memberships. Whether a pair can move depends
+    # only on the groups holding the source, so a move in group g forgets the entries of g's
+    # members (before and after the move); without this, domains that cannot even out (a zone
+    # with too many nodes) make every step re-scan the same impossible pairs.
+    stuck: dict[str, set[str]] = {node_id: set() for node_id in load}
+
+    def try_pair(source: str, target: str) -> tuple[int, str, str] | None:
+        if target in stuck[source]:
+            return None
+        pg = _best_group(stripes, source, target, scores, stored, former)
+        if pg is None:
+            stuck[source].add(target)
+            return None
+        return pg, source, target
+
     while True:
         by_load = sorted(load, key=lambda n: (load[n], n))
         move = None
@@ -370,9 +420,8 @@ def _balance(stripes: _Stripes, scores: Scores, bounds: tuple[int, int],
             for target in by_load:
                 if load[target] > load[source] - 2:
                     break
-                pg = _best_group(stripes, source, target, scores, stored, former)
-                if pg is not None:
-                    move = (pg, source, target)
+                move = try_pair(source, target)
+                if move is not None:
                     break
             if move is not None:
                 break
@@ -383,15 +432,17 @@ def _balance(stripes: _Stripes, scores: Scores, bounds: tuple[int, int],
                 for source in reversed(by_load):
                     if load[source] < load[target] + 2:
                         break
-                    pg = _best_group(stripes, source, target, scores, stored, former)
-                    if pg is not None:
-                        move = (pg, source, target)
+                    move = try_pair(source, target)
+                    if move is not None:
                         break
                 if move is not None:
                     break
         if move is None:
             return
-        stripes.move(*move)
+        pg, source, target = move
+        stripes.move(pg, source, target)
+        for member in (*stripes.members[pg], source):
+            stuck[member].clear()
 
 
 def _positions(
