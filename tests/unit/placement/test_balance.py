@@ -234,6 +234,15 @@ def test_balance_rule_stability_and_positions_through_changes(
         if layout == "distinct":  # no domain constrains the moves: the 5% target is reached
             low, high = balance_bounds(WIDTH * pg_count / len(eligible(candidate)))
             assert all(low <= c <= high for c in counts(placement, candidate).values())
+            # ... and movement stays near the minimum: a join moves about the newcomer's share,
+            # only to it; an OUT or drain moves exactly the node's positions.
+            moved = moved_positions(current, placement)
+            if action == "join":
+                assert {new for _, new in moved} <= {joining.node_id}
+                assert len(moved) <= 1.3 * WIDTH * pg_count / len(eligible(candidate))
+            elif action in ("out", "drain"):
+                held = sum(acting.count(node_id) for acting in current.acting_sets)
+                assert len(moved) == held and {old for old, _ in moved} <= {node_id}
         following = as_map(candidate, placement, current.epoch + 1)
         # Stable: placing the same nodes again moves nothing.
         assert compute_placement(pg_count, candidate, following) == placement
