@@ -376,7 +376,9 @@ def _best_group(stripes: _Stripes, source: str, target: str, scores: Scores,
     best: tuple[int, int, int, int] | None = None
     for pg in stripes.movable_groups(source, target):
         cost = (target not in stored[pg]) - (source not in stored[pg])
-        key = (cost, target not in former[pg], scores[pg][source] - scores[pg][target], pg)
+        # Not the source's score: positions follow rank in a first map, so that would pick the
+        # source's last (parity) positions and leave a joining node without data fragments.
+        key = (cost, target not in former[pg], -scores[pg][target], pg)
         if best is None or key < best:
             best = key
     return None if best is None else best[3]
@@ -552,11 +554,13 @@ def compute_placement(
     scores: Scores = [{n.node_id: rendezvous_score(pg, n.node_id) for n in eligible} for pg in range(pg_count)]
     bounds = balance_bounds(width * pg_count / len(eligible))
     stripes = _Stripes(pg_count, eligible, rules)
+    rendezvous_choice: list[tuple[str, ...]] = []
     if usable is None:
         for pg in range(pg_count):
             ranked = sorted(eligible, key=lambda n: (scores[pg][n.node_id], n.node_id), reverse=True)
-            for node in _select(ranked, rules):
-                stripes.add(pg, node.node_id)
+            rendezvous_choice.append(tuple(n.node_id for n in _select(ranked, rules)))
+            for node_id in rendezvous_choice[-1]:
+                stripes.add(pg, node_id)
         stored: list[frozenset[str]] = [frozenset()] * pg_count
         former_holders: list[frozenset[str]] = [frozenset()] * pg_count
     else:
@@ -572,12 +576,20 @@ def compute_placement(
         former_holders = [frozenset(n for n, _ in entries) for entries in usable.former_positions]
     _fill_vacancies(stripes, scores)
     _balance(stripes, scores, bounds, stored, former_holders)
-    results = []
+    acting_sets: list[tuple[str, ...]] = []
+    former_positions: list[FormerPositions] = []
     for pg, members in enumerate(stripes.members):
         chosen = sorted(members, key=lambda n: (scores[pg][n], n), reverse=True)
-        results.append(_positions(chosen, width, usable.acting_sets[pg] if usable else None,
-                                  usable.former_positions[pg] if usable else (), known))
-    return Placement(tuple(a for a, _ in results), tuple(f for _, f in results))
+        if usable is None:
+            # A first map: a node balancing moved in takes the slot of the node it replaced, so
+            # data and parity positions stay as evenly spread as in the rendezvous choice.
+            acting, _ = _positions(chosen, width, rendezvous_choice[pg])
+            former: FormerPositions = ()
+        else:
+            acting, former = _positions(chosen, width, usable.acting_sets[pg], usable.former_positions[pg], known)
+        acting_sets.append(acting)
+        former_positions.append(former)
+    return Placement(tuple(acting_sets), tuple(former_positions))
 
 
 def compute_acting_sets(

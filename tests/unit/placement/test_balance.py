@@ -127,6 +127,21 @@ def test_join_moves_about_the_ideal_share_to_the_newcomer(pg_count: int, count: 
     assert 0.85 * ideal <= len(moved) <= 1.3 * ideal, (len(moved), ideal)
     assert {new for _, new in moved} == {joining.node_id}
     assert spread(after, grown) <= 0.05
+    # The newcomer gets data positions (the ones healthy reads touch) in proportion, not just the
+    # parity positions at the end of each stripe.
+    data_positions = sum(acting[:10].count(joining.node_id) for acting in after.acting_sets)
+    assert data_positions >= 0.6 * 10 / WIDTH * len(moved), (data_positions, len(moved))
+
+
+@pytest.mark.parametrize("pg_count", [64, 256])
+@pytest.mark.parametrize("count", [19, 25])
+def test_first_map_spreads_data_positions(pg_count: int, count: int) -> None:
+    # A node balancing moves into a stripe takes the replaced node's slot; ordering members by rank
+    # instead would push it to the parity end (19 nodes, 64 PGs: one node 35% short of data).
+    nodes = cluster("distinct", count)
+    data = Counter(node_id for acting in compute_placement(pg_count, nodes).acting_sets for node_id in acting[:10])
+    share = 10 * pg_count / count
+    assert all(0.7 * share <= data[n] <= 1.3 * share for n in nodes), sorted(data.values())
 
 
 @pytest.mark.parametrize("pg_count", [64, 256])
