@@ -523,20 +523,26 @@ def compute_placement(
     (the best-ranked subset that fits if the caps changed); nodes coming back (OUT or draining in
     ``previous``) take back their former positions, from vacancies or from stand-ins, while counts
     stay within the balance bounds; remaining vacancies go to the least-loaded node that fits. Then
-    ``_balance`` moves single memberships from nodes above ``balance_bounds(width * pg_count /
-    eligible nodes)`` to nodes below, never breaking the caps, until every node is within the
-    bounds or no move can help; it prefers moves that copy nothing new, then moves back to former
-    holders, then rendezvous rank. A joining node so takes about its share (``width * pg_count /
-    N`` positions) and little else moves; an OUT node's positions are exactly the ones that move;
-    with no membership change nothing moves (a balanced previous map is kept as it is).
+    ``_balance`` moves single memberships off nodes above ``balance_bounds(width * pg_count / N)``
+    (N eligible nodes; ±5%) and onto nodes below, each between counts at least 2 apart and never
+    breaking the caps, until every node is within the bounds or no move can help; it prefers moves
+    that copy nothing new, then moves back to former holders, then groups ranking the receiver
+    highest. So a joining node takes about its share (``width * pg_count / N`` positions; measured
+    0.95-0.98 of it, all from other nodes to it, for 15-40 nodes in distinct zones), an OUT or
+    draining node's positions are exactly the ones that move, and with no membership change
+    nothing moves (a balanced previous map is kept as it is). Where the domains cannot hold an even
+    spread (a zone with more than ``N * max_per_domain / width`` nodes), counts stay uneven across
+    domains but the rule always holds.
 
     Positions: a kept node keeps its position; a member that held a position before (in
     ``previous.former_positions``) gets it back if it is vacant (latest holder wins); other new
     members fill the remaining vacated positions in rank order; every node leaving a stripe is
-    remembered with its position.
+    remembered with its position. In a first map positions follow rank, a node balancing moved in
+    taking the slot of the node it replaced (data and parity positions stay evenly spread).
 
     Pure and deterministic: a function of ``(pg_count, nodes, previous)`` only (node order does not
-    matter). Cost: about ``pg_count * N`` hashes plus a few scans of each moved node's groups.
+    matter). Cost: ``pg_count * N`` hashes plus set operations per move; about 0.05 s for 256 PGs
+    and 40 nodes, 0.3 s for 1024 PGs and 100 nodes, up to 1 s for 1024 PGs in very uneven zones.
 
     Raises:
         InsufficientNodes: if no valid acting set exists (see ``placement_rules``).
