@@ -36,7 +36,10 @@ from tests.fixtures.census import Census, open_volume, take_census
 from tests.fixtures.cluster import DevCluster, run_coffer
 from tests.fixtures.processes import wait_until
 
-NODE_FLAGS = ("--repair-scan-interval=2", "--repair-bytes-per-second=200000000", "--scrub-period=4",
+# A full scrub pass every few seconds finds injected damage fast on CI-sized data; measuring repair
+# on large data wants the scrubber out of the way (COFFER_FAULT_SCRUB_PERIOD=100000).
+SCRUB_PERIOD = os.environ.get("COFFER_FAULT_SCRUB_PERIOD", "4")
+NODE_FLAGS = ("--repair-scan-interval=2", "--repair-bytes-per-second=200000000", f"--scrub-period={SCRUB_PERIOD}",
               "--scrub-max-bytes-per-second=400000000")
 FRONTEND_FLAGS = ("--gc-grace=2", "--gc-interval=1", "--orphan-grace=30", "--orphan-sweep-interval=2")
 
