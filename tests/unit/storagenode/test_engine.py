@@ -200,6 +200,26 @@ def test_put_refuses_when_the_disk_keeps_less_than_the_reserve(volumes: list[str
         engine.close()
 
 
+def test_deletes_succeed_on_a_full_volume(volumes: list[str]) -> None:
+    data = fragment(3)
+    engine = FragmentEngine(volumes, min_free_bytes=0)
+    try:
+        engine.put(chunk_hash_for(3), 4, 5, data, crc32c(data), 10**6)
+        engine.put(chunk_hash_for(4), 4, 5, data, crc32c(data), 10**6)
+    finally:
+        engine.close()
+    full = FragmentEngine(volumes, min_free_bytes=2**62)  # every volume now counts as full
+    try:
+        with pytest.raises(StorageFull):
+            full.put(chunk_hash_for(5), 0, 0, b"x", crc32c(b"x"), 1)
+        # Deleting is how space comes back: it is never refused for want of space.
+        assert full.delete(chunk_hash_for(3), 4, 5) is True
+        assert full.delete(chunk_hash_for(4), 4, 5, written_before_ms=2**62) is True
+        assert list(full.list_pg(5)) == []
+    finally:
+        full.close()
+
+
 def test_calls_after_close_raise_storage_error(volumes: list[str]) -> None:
     engine = FragmentEngine(volumes, min_free_bytes=0)
     engine.close()
