@@ -153,18 +153,6 @@ class ChunkStore:
         fragments = await self._coder.encode(data)
         return await self._write_stripe(chunk_hash, chunk_size, fragments)
 
-    async def write_chunk_buffer(self, chunk_hash: bytes, buffer: ChunkBuffer, chunk_size: int) -> int:
-        """``write_chunk`` for a chunk assembled in ``buffer.view[:chunk_size]`` (``ErasureCoder.try_chunk_buffer``).
-
-        Encoded in place; fragments are sent from the buffer without copies of their own. The
-        caller keeps ownership: release the buffer after this returns or raises. Same result and
-        errors as ``write_chunk``.
-        """
-        if len(chunk_hash) != CHUNK_HASH_BYTES:
-            raise ValueError(f"chunk hash must be {CHUNK_HASH_BYTES} bytes, got {len(chunk_hash)}")
-        fragments = await self._coder.encode_buffer(buffer, chunk_size)
-        return await self._write_stripe(chunk_hash, chunk_size, fragments)
-
     async def write_chunks(self, chunks: Sequence[ChunkToWrite]) -> list[int]:
         """Store several chunks together: all are encoded, then every fragment of every stripe is
         sent at once, so each node receives its fragments of all the stripes as one batch (one
@@ -285,7 +273,8 @@ class ChunkStore:
     # ---- read ----------------------------------------------------------------------------------
 
     def try_chunk_buffer(self) -> ChunkBuffer | None:
-        """A buffer to assemble a chunk in for ``write_chunk_buffer``, or None when none is free."""
+        """A buffer to assemble a chunk in (``ChunkToWrite.buffer`` for ``write_chunks``), or None when
+        none is free."""
         return self._coder.try_chunk_buffer()
 
     async def read_chunk(
