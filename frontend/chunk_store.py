@@ -59,6 +59,10 @@ STRIPES_WRITTEN_DEGRADED = Counter(
 MISSING_FRAGMENTS = Counter(
     "coffer_frontend_missing_fragments_total", "Fragments of successful stripe writes that were not written."
 )
+REPAIR_HINTS = Counter(
+    "coffer_frontend_repair_hints_total",
+    "Repair hints sent to up nodes that missed their fragment of a stripe written at the quorum.",
+)
 FAILED_STRIPE_WRITES = Counter(
     "coffer_frontend_failed_stripe_writes_total", "Stripe writes that missed the write quorum."
 )
@@ -131,6 +135,8 @@ class ChunkStore:
         self.write_quorum = write_quorum
         self.hedge_after = hedge_after
         self.write_grace = write_grace
+        # Repair hints in flight (fire and forget: a hint is advice; the periodic scan is the net).
+        self._hints: set[asyncio.Task[None]] = set()
 
     # ---- write ---------------------------------------------------------------------------------
 
@@ -255,7 +261,26 @@ class ChunkStore:
                     }
                 },
             )
+            # Nodes that are up but missed their fragment (slow, briefly unreachable) rebuild it
+            # now rather than at their next periodic scan; a DOWN node's positions are repaired
+            # once it is OUT and the new epoch hints its new holders.
+            for index in missing:
+                if not targets[index].down:
+                    self._hint_repair(targets[index], pg)
         return len(durable)
+
+    def _hint_repair(self, target: _Target, pg: int) -> None:
+        async def send() -> None:
+            try:
+                await self._nodes.client(target.node_id, target.address).hint_repair([pg])
+            except StorageError as exc:
+                logger.info("repair hint not delivered", extra={"fields": {
+                    "node": target.node_id, "pg": pg, "error": str(exc)}})
+
+        REPAIR_HINTS.inc()
+        task = asyncio.create_task(send())
+        self._hints.add(task)
+        task.add_done_callback(self._hints.discard)
 
     async def _put(
         self,

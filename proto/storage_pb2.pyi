@@ -174,6 +174,16 @@ class SummarizeResponse(_message.Message):
     summaries: _containers.RepeatedCompositeFieldContainer[PlacementGroupSummary]
     def __init__(self, summaries: _Optional[_Iterable[_Union[PlacementGroupSummary, _Mapping]]] = ...) -> None: ...
 
+class HintRepairRequest(_message.Message):
+    __slots__ = ("placement_groups",)
+    PLACEMENT_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    placement_groups: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, placement_groups: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class HintRepairResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class HealthRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

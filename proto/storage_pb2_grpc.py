@@ -69,6 +69,11 @@ class StorageNodeStub:
                 request_serializer=proto_dot_storage__pb2.SummarizeRequest.SerializeToString,
                 response_deserializer=proto_dot_storage__pb2.SummarizeResponse.FromString,
                 _registered_method=True)
+        self.HintRepair = channel.unary_unary(
+                '/coffer.storage.v1.StorageNode/HintRepair',
+                request_serializer=proto_dot_storage__pb2.HintRepairRequest.SerializeToString,
+                response_deserializer=proto_dot_storage__pb2.HintRepairResponse.FromString,
+                _registered_method=True)
 
 
 class StorageNodeServicer:
@@ -119,6 +124,12 @@ class StorageNodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HintRepair(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -156,6 +167,11 @@ def add_StorageNodeServicer_to_server(servicer, server):
                     servicer.SummarizePlacementGroups,
                     request_deserializer=proto_dot_storage__pb2.SummarizeRequest.FromString,
                     response_serializer=proto_dot_storage__pb2.SummarizeResponse.SerializeToString,
+            ),
+            'HintRepair': grpc.unary_unary_rpc_method_handler(
+                    servicer.HintRepair,
+                    request_deserializer=proto_dot_storage__pb2.HintRepairRequest.FromString,
+                    response_serializer=proto_dot_storage__pb2.HintRepairResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -347,6 +363,33 @@ class StorageNode:
             '/coffer.storage.v1.StorageNode/SummarizePlacementGroups',
             proto_dot_storage__pb2.SummarizeRequest.SerializeToString,
             proto_dot_storage__pb2.SummarizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HintRepair(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coffer.storage.v1.StorageNode/HintRepair',
+            proto_dot_storage__pb2.HintRepairRequest.SerializeToString,
+            proto_dot_storage__pb2.HintRepairResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,11 @@ class NodeBackground:
             if settings.scrub else None
         )
 
+    def hint(self, pg: int) -> None:
+        """Ask repair to look at placement group ``pg`` now (no-op when repair does not run)."""
+        if self._repair is not None:
+            self._repair.hint(pg)
+
     def cluster_map(self) -> ClusterMap | None:
         """The newest cluster map this node has seen, or None before the first one arrives."""
         if self._watcher is None:

@@ -520,6 +520,21 @@ class StorageNodeClient:
                 summary.fragments, bytes(summary.digest))
         return summaries
 
+    async def hint_repair(self, pgs: Sequence[int]) -> None:
+        """Tell the node that placement groups ``pgs`` probably lack one of its fragments (a write
+        reached the quorum without it): its repair agent looks at them now.
+
+        Raises:
+            NodeUnavailable: no answer within the timeout, or the connection failed.
+        """
+        if self._closed:
+            raise NodeUnavailable(f"{self.address}: client is closed")
+        try:
+            await self._stub_for_loop().HintRepair(
+                storage_pb2.HintRepairRequest(placement_groups=list(pgs)), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _rpc_error(self.address, exc) from exc
+
     async def health(self) -> NodeHealth:
         """The node's id, per-volume usage and corrupt fragments seen since it started.
 

@@ -108,6 +108,7 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
     add_to_server(servicer, server)
     registrar: _Registrar | None = None
     background = NodeBackground(config.node_id, engine, executor, config.etcd, config.durability)
+    servicer.set_repair_hints(background.hint)
     try:
         port = server.add_insecure_port(config.listen)
         if port == 0:

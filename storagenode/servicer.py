@@ -451,8 +451,14 @@ class StorageNodeServicer(storage_pb2_grpc.StorageNodeServicer):
         self._reader = BatchedReader(engine, executor)
         self._max_in_flight = max_in_flight_per_stream
         self._draining = asyncio.Event()
+        self._repair_hints: Callable[[int], None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
+
+    def set_repair_hints(self, hint: Callable[[int], None] | None) -> None:
+        """Where ``HintRepair`` sends each placement group (the repair agent's ``hint``); without
+        one (no repair running) hints are accepted and dropped."""
+        self._repair_hints = hint
 
     def begin_drain(self) -> None:
         """Stop taking new requests from open streams; requests already taken still complete and
@@ -670,6 +676,18 @@ class StorageNodeServicer(storage_pb2_grpc.StorageNodeServicer):
             for index, (count, digest) in by_index.items()
         ])
 
+    async def HintRepair(
+        self, request: storage_pb2.HintRepairRequest, context: grpc.aio.ServicerContext
+    ) -> storage_pb2.HintRepairResponse:
+        """Pass the placement groups on to the repair agent (scanned now rather than at its next
+        periodic scan). Cheap and never fails: a hint is only advice."""
+        started = time.perf_counter()
+        if self._repair_hints is not None:
+            for pg in request.placement_groups:
+                self._repair_hints(pg)
+        self._record("hint", storage_pb2.STATUS_OK, started, None)
+        return storage_pb2.HintRepairResponse()
+
     # -- operations shared by the stream and the unary calls -----------------------------------
 
     async def _put(self, request: storage_pb2.PutFragmentRequest) -> None:
@@ -764,6 +782,11 @@ def add_to_server(servicer: StorageNodeServicer, server: grpc.aio.Server) -> Non
             servicer.Health,
             request_deserializer=storage_pb2.HealthRequest.FromString,
             response_serializer=storage_pb2.HealthResponse.SerializeToString,
+        ),
+        "HintRepair": grpc.unary_unary_rpc_method_handler(
+            servicer.HintRepair,
+            request_deserializer=storage_pb2.HintRepairRequest.FromString,
+            response_serializer=storage_pb2.HintRepairResponse.SerializeToString,
         ),
         "SummarizePlacementGroups": grpc.unary_unary_rpc_method_handler(
             servicer.SummarizePlacementGroups,

@@ -521,8 +521,11 @@ def test_two_dead_nodes_degraded_write_and_exact_reads(cluster: Cluster) -> None
         assert await store.read_chunk(chunk_hash, len(data)) == data
         await read_all_checked(store, random.Random(2))
 
+    hints_before = metric("coffer_frontend_repair_hints_total")
     run_with_pool(body)
     assert metric("coffer_frontend_stripes_written_degraded_total") - stripes_before == 1
+    # The map still calls both nodes UP: each is asked to repair its position at once.
+    assert metric("coffer_frontend_repair_hints_total") - hints_before == 2
     STORED.append((chunk_hash, data))
 
 

@@ -247,3 +247,26 @@ def test_requests_queued_behind_an_unanswered_batch_go_as_one_batch_and_reads_do
     puts = [batch for batch in servicer.batches if batch[0][1] == "put"]
     assert [len(batch) for batch in puts] == [1, 5]
     assert [operation for batch in servicer.batches for _id, operation in batch].count("get") == 1
+
+
+def test_repair_hints_reach_the_nodes_repair_agent(tmp_path: Path) -> None:
+    engine = FragmentEngine([str(tmp_path / "v0")], min_free_bytes=0)
+    executor = ThreadPoolExecutor(2)
+    hinted: list[int] = []
+    servicer = StorageNodeServicer("node-x", engine, executor)
+
+    async def body(address: str) -> None:
+        client = StorageNodeClient(address)
+        try:
+            await client.hint_repair([7, 9])  # no agent yet: accepted, dropped
+            servicer.set_repair_hints(hinted.append)
+            await client.hint_repair([3, 5])
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(with_server(servicer, body))
+    finally:
+        executor.shutdown()
+        engine.close()
+    assert hinted == [3, 5]
