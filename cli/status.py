@@ -28,7 +28,7 @@ from placement.cluster_map import ClusterMap, NodeState
 from placement.etcd import EtcdClient
 from placement.keys import DEFAULT_PREFIX, ClusterKeys
 from placement.rendezvous import rule_status
-from placement.service import parse_registrations
+from placement.service import parse_registrations, placement_view
 from proto import cluster_pb2
 from storagenode.client import StorageNodeClient
 from storagenode.errors import StorageError
@@ -96,7 +96,8 @@ class NodeStatus:
     """One node's row. Bytes in bytes; ``fragments``/``corrupt`` from ``Health`` (None: no answer
     or not asked); ``reachable`` None when not asked (OUT nodes), False when asked without an
     answer (expected of a DOWN node; a durability risk for an UP one); ``out_in_seconds``: for a DOWN
-    node, seconds until it is marked OUT (None otherwise); ``positions``: acting-set positions held."""
+    node, seconds until it is marked OUT (None otherwise); ``positions``: acting-set positions held;
+    ``full``: the node reported itself out of space (placed like a draining node)."""
 
     node_id: str
     state: str
@@ -112,6 +113,7 @@ class NodeStatus:
     positions: int
     scrub_progress: float | None
     out_in_seconds: float | None
+    full: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,8 @@ class ScrubProgress:
 class ClusterStatus:
     """Everything ``coffer status`` shows. ``stripes_missing``: ``missing`` label -> stripes summed
     over nodes (None: no node exports the gauge); ``at_risk_reasons`` empty when durability is not
-    at risk; ``drain_blocked``: some draining node keeps positions because the other nodes cannot
-    hold every stripe under the failure-domain rule."""
+    at risk; ``drain_blocked``: some draining or full node keeps positions because the other nodes
+    cannot hold every stripe under the failure-domain rule."""
 
     epoch: int
     pg_count: int
@@ -222,7 +224,7 @@ def summarize(
             reachable=(health is not None) if node_id in healths else None,
             positions=positions.get(node_id, 0),
             scrub_progress=node_metrics.scrub_progress if node_metrics is not None else None,
-            out_in_seconds=out_in,
+            out_in_seconds=out_in, full=node.full,
         ))
 
     up = {node_id for node_id, node in cluster_map.nodes.items() if node.state == NodeState.UP}
@@ -251,9 +253,10 @@ def summarize(
     # Whether placement is possible at all (draining nodes count: they keep positions while blocked),
     # and whether the drains can proceed.
     rule = rule_status({n: replace(node, draining=False) for n, node in cluster_map.nodes.items()})
-    draining = [n for n, node in cluster_map.nodes.items() if node.draining]
+    placed_nodes = placement_view(cluster_map.nodes)  # full nodes count as draining
+    draining = [n for n, node in placed_nodes.items() if node.draining]
     drain_blocked = bool(draining) and any(positions.get(n, 0) for n in draining) and not rule_status(
-        cluster_map.nodes).satisfied
+        placed_nodes).satisfied
     return ClusterStatus(
         epoch=cluster_map.epoch, pg_count=cluster_map.pg_count, published_at=cluster_map.published_at,
         rule_level=rule.level, rule_satisfied=rule.satisfied, rule_detail=rule.detail,
@@ -326,7 +329,8 @@ def render_text(status: ClusterStatus) -> str:
             state += f" (out in {format_duration(row.out_in_seconds)})"
         if row.reachable is False and row.state == "up":
             state += " (no answer)"
-        table.append((row.node_id, state, "draining" if row.draining else "-", row.failure_domain,
+        flags = ",".join(flag for flag, on in (("draining", row.draining), ("full", row.full)) if on) or "-"
+        table.append((row.node_id, state, flags, row.failure_domain,
                       format_bytes(row.used_bytes), format_bytes(row.free_bytes), _count(row.fragments),
                       _count(row.corrupt), str(row.positions), _ratio(row.scrub_progress)))
     widths = [max(len(line[column]) for line in table) for column in range(len(header))]
@@ -335,8 +339,8 @@ def render_text(status: ClusterStatus) -> str:
     lines.append("")
     lines.append(f"PLACEMENT GROUPS  {status.pgs_clean} clean · {status.pgs_degraded} degraded")
     if status.drain_blocked:
-        lines.append("DRAIN             blocked: without the draining nodes no placement meets the failure-domain "
-                     "rule; add nodes (or `coffer node undrain ID`)")
+        lines.append("DRAIN             blocked: without the draining and full nodes no placement meets the "
+                     "failure-domain rule; add nodes or capacity (or `coffer node undrain ID`)")
     if status.stripes_missing is None:
         at_risk = "stripes missing fragments: - (no node exports repair metrics)"
     else:

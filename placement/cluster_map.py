@@ -64,7 +64,9 @@ class Node:
     volume capacity in bytes; ``state_since`` the wall-clock time (Unix seconds) it entered
     ``state``, used for the down-out interval. ``draining``: an operator asked to empty the node
     (``placement.drain``); it keeps serving in any state, but placement gives it no positions
-    while the rest of the cluster can hold every stripe without it.
+    while the rest of the cluster can hold every stripe without it. ``full``: the node reported
+    itself out of space (``NodeRegistration.full``); placement treats it exactly like a draining
+    node (``placement.service.placement_view``) and it keeps serving reads and deletes.
     """
 
     node_id: str
@@ -74,12 +76,14 @@ class Node:
     state: NodeState
     state_since: float = 0.0
     draining: bool = False
+    full: bool = False
 
 
 def node_from_registration(
     registration: cluster_pb2.NodeRegistration, state: NodeState, state_since: float
 ) -> Node:
-    """Build a ``Node`` from a storage node's etcd registration record."""
+    """Build a ``Node`` from a storage node's etcd registration record (``draining`` False;
+    ``full`` as the node reported it)."""
     domain = registration.failure_domain
     return Node(
         node_id=registration.node_id,
@@ -88,6 +92,7 @@ def node_from_registration(
         capacity_bytes=int(registration.capacity_bytes),
         state=state,
         state_since=state_since,
+        full=registration.full,
     )
 
 
@@ -219,6 +224,7 @@ class ClusterMap:
                     state=_STATE_TO_PROTO[node.state],
                     state_since_unix_ms=round(node.state_since * 1000),
                     draining=node.draining,
+                    full=node.full,
                 )
             )
         for acting, former in zip(self.acting_sets, self.former_positions, strict=True):
@@ -265,6 +271,7 @@ class ClusterMap:
                 state=_STATE_FROM_PROTO[item.state],
                 state_since=item.state_since_unix_ms / 1000.0,
                 draining=item.draining,
+                full=item.full,
             )
         return cls(
             epoch=int(record.epoch),

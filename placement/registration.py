@@ -89,11 +89,31 @@ class NodeRegistrar:
         async with asyncio.timeout(timeout):
             await self._registered.wait()
 
-    def update(self, used_bytes: int) -> None:
-        """Record the node's used capacity (bytes); written to etcd at the next refresh."""
+    def update(self, used_bytes: int, full: bool | None = None) -> None:
+        """Record the node's used capacity (bytes) and, unless ``full`` is None, whether the node is
+        full (refuses puts for want of space); written to etcd at the next refresh (within a
+        quarter of the TTL). A full node is placed like a draining one: placement moves its
+        positions to other nodes, which copy its fragments from it. The caller applies hysteresis
+        (e.g. full below 2x a volume's reserve, not full above 4x) so the flag does not flap.
+        """
         if self._registration.used_bytes != used_bytes:
             self._registration.used_bytes = used_bytes
             self._dirty = True
+        if full is not None:
+            self.set_full(full)
+
+    def set_full(self, full: bool) -> None:
+        """Publish whether the node is full (see ``update``); a change is written at the next
+        refresh and logged."""
+        if self._registration.full != full:
+            self._registration.full = full
+            self._dirty = True
+            logger.info("full flag changed", extra={"fields": {"key": self._key, "full": full}})
+
+    @property
+    def full(self) -> bool:
+        """The full flag this registrar publishes."""
+        return self._registration.full
 
     async def stop(self) -> None:
         """Stop refreshing and revoke the lease, which deletes the record at once (best effort:

@@ -11,7 +11,12 @@ registrations and turns them into map changes (``next_cluster_map``, a pure func
 * DOWN for ``down_out_interval`` seconds -> OUT, and acting sets are recomputed without it;
 * a drain request (``<prefix>drain/<node_id>``, ``placement.drain``) -> the node is ``draining`` and
   acting sets are recomputed without it (it stays UP and serving while new holders copy from it);
-  if the other nodes cannot hold every stripe under the rule, the drain is blocked (logged).
+  if the other nodes cannot hold every stripe under the rule, the drain is blocked (logged);
+* a registration with ``full`` set (the node is out of space and refuses puts) -> the node is
+  ``full`` and placed exactly like a draining node (``placement_view``): its positions move to nodes
+  with space, which copy its fragments from it, while it keeps serving reads and deletes; once it
+  reports not full it is eligible again and gets its former positions back. If the other nodes
+  cannot hold every stripe, full nodes keep their positions and an error says to add capacity.
 
 When the nodes cannot be placed under the failure-domain rule (``rendezvous.placement_rules``), the
 first map is not published and later maps keep the previous acting sets; an error tells the
@@ -54,6 +59,7 @@ logger = logging.getLogger(__name__)
 EPOCH_GAUGE = Gauge("coffer_placement_epoch", "Epoch of the cluster map the leader last read or published")
 NODES_GAUGE = Gauge("coffer_placement_nodes", "Nodes in the published cluster map, by state", ["state"])
 DRAINING_GAUGE = Gauge("coffer_placement_draining_nodes", "Nodes flagged draining in the published cluster map")
+FULL_GAUGE = Gauge("coffer_placement_full_nodes", "Nodes flagged full in the published cluster map")
 IS_LEADER_GAUGE = Gauge("coffer_placement_is_leader", "1 while this placement service is the leader")
 RULE_SATISFIED_GAUGE = Gauge(
     "coffer_placement_rule_satisfied",
@@ -93,6 +99,9 @@ def next_cluster_map(
     ``draining`` and get no positions, their positions moving to other nodes (recorded in
     ``former_positions``, so new holders copy from them). If the others cannot hold every stripe
     under the rule, draining nodes stay eligible (the drain is blocked; an error says to add nodes).
+    A registration's ``full`` flag becomes ``Node.full`` (a DOWN node keeps its last value); full
+    nodes are placed exactly like draining ones (``placement_view``), and a change of the flag
+    recomputes the acting sets.
     """
     if current is None:
         if len(registrations) < min_nodes:
@@ -118,7 +127,7 @@ def next_cluster_map(
             nodes[node_id] = fresh
             placement_changed = True
             continue
-        if old.state == NodeState.OUT or old.failure_domain != fresh.failure_domain:
+        if old.state == NodeState.OUT or old.failure_domain != fresh.failure_domain or old.full != fresh.full:
             placement_changed = True
         since = old.state_since if old.state == NodeState.UP else now
         nodes[node_id] = replace(fresh, state_since=since, draining=old.draining)
@@ -169,6 +178,14 @@ def next_cluster_map(
     )
 
 
+def placement_view(nodes: Mapping[str, Node]) -> dict[str, Node]:
+    """``nodes`` as placement (``placement.rendezvous``) must see them: a full node is flagged
+    draining, since both get no positions while the other nodes can hold every stripe. Pure;
+    nodes that are neither full nor draining are returned unchanged."""
+    return {node_id: replace(node, draining=True) if node.full and not node.draining else node
+            for node_id, node in nodes.items()}
+
+
 def _without_drains(nodes: Mapping[str, Node]) -> dict[str, Node]:
     """``nodes`` with every draining flag cleared (placement then treats them as eligible)."""
     return {node_id: replace(node, draining=False) if node.draining else node for node_id, node in nodes.items()}
@@ -176,21 +193,29 @@ def _without_drains(nodes: Mapping[str, Node]) -> dict[str, Node]:
 
 def _place_honouring_drains(pg_count: int, nodes: Mapping[str, Node],
                             previous: ClusterMap | None) -> Placement | None:
-    """Place without the draining nodes; if that is impossible, with them (the drain is blocked,
-    logged as an error); None if no valid placement exists either way."""
+    """Place without the draining and full nodes; if that is impossible, with them (the drain is
+    blocked, logged as an error saying to add nodes or capacity); None if no valid placement exists
+    either way. ``previous`` is seen through ``placement_view`` too, so a node that was full in it
+    and no longer is returns to its former positions like an undrained node."""
+    view = placement_view(nodes)
+    if previous is not None and any(node.full for node in previous.nodes.values()):
+        previous = previous.with_changes(nodes=placement_view(previous.nodes))
     try:
-        return compute_placement(pg_count, nodes, previous=previous)
+        return compute_placement(pg_count, view, previous=previous)
     except InsufficientNodes as error:
         draining = sorted(node_id for node_id, node in nodes.items() if node.draining)
-        if not draining:
+        full = sorted(node_id for node_id, node in nodes.items() if node.full)
+        if not draining and not full:
             return None
         try:
-            placement = compute_placement(pg_count, _without_drains(nodes), previous=previous)
+            placement = compute_placement(pg_count, _without_drains(view), previous=previous)
         except InsufficientNodes:
             return None
-        logger.error("drain blocked until nodes are added: without the draining nodes no placement meets "
-                     "the failure-domain rule, so they keep their positions",
-                     extra={"fields": {"nodes": ",".join(draining), "error": str(error)}})
+        logger.error("drain blocked until nodes are added: without the draining and full nodes no placement "
+                     "meets the failure-domain rule, so they keep their positions (full nodes keep refusing "
+                     "puts: add capacity)",
+                     extra={"fields": {"nodes": ",".join(draining), "full": ",".join(full),
+                                       "error": str(error)}})
         return placement
 
 
@@ -440,7 +465,8 @@ class PlacementService:
                 "epoch": proposed.epoch, "up": len(proposed.nodes_in_state(NodeState.UP)),
                 "down": len(proposed.nodes_in_state(NodeState.DOWN)),
                 "out": len(proposed.nodes_in_state(NodeState.OUT)),
-                "draining": ",".join(sorted(n for n, node in proposed.nodes.items() if node.draining))}})
+                "draining": ",".join(sorted(n for n, node in proposed.nodes.items() if node.draining)),
+                "full": ",".join(sorted(n for n, node in proposed.nodes.items() if node.full))}})
             current = proposed
         # Whether placement is possible at all: a blocked drain is logged by next_cluster_map.
         self._record_rule_status(
@@ -477,6 +503,7 @@ class PlacementService:
         for state in NodeState:
             NODES_GAUGE.labels(state=state.value).set(len(current.nodes_in_state(state)))
         DRAINING_GAUGE.set(sum(1 for node in current.nodes.values() if node.draining))
+        FULL_GAUGE.set(sum(1 for node in current.nodes.values() if node.full))
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -24,25 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/cluster.proto\x12\x11\x63offer.cluster.v1\"9\n\rFailureDomain\x12\x0c\n\x04zone\x18\x01 \x01(\t\x12\x0c\n\x04rack\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\"\xdc\x01\n\x10NodeRegistration\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x38\n\x0e\x66\x61ilure_domain\x18\x04 \x01(\x0b\x32 .coffer.cluster.v1.FailureDomain\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x05 \x01(\x04\x12\x12\n\nused_bytes\x18\x06 \x01(\x04\x12\x0f\n\x07volumes\x18\x07 \x03(\t\x12\x17\n\x0fmetrics_address\x18\x08 \x01(\t\"\xdc\x01\n\nNodeRecord\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x38\n\x0e\x66\x61ilure_domain\x18\x03 \x01(\x0b\x32 .coffer.cluster.v1.FailureDomain\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x04 \x01(\x04\x12+\n\x05state\x18\x05 \x01(\x0e\x32\x1c.coffer.cluster.v1.NodeState\x12\x1b\n\x13state_since_unix_ms\x18\x06 \x01(\x04\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\"3\n\x0e\x46ormerPosition\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\"Z\n\tActingSet\x12\x10\n\x08node_ids\x18\x01 \x03(\t\x12;\n\x10\x66ormer_positions\x18\x02 \x03(\x0b\x32!.coffer.cluster.v1.FormerPosition\"\xf3\x01\n\nClusterMap\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x10\n\x08pg_count\x18\x03 \x01(\r\x12\x16\n\x0e\x64\x61ta_fragments\x18\x04 \x01(\r\x12\x18\n\x10parity_fragments\x18\x05 \x01(\r\x12,\n\x05nodes\x18\x06 \x03(\x0b\x32\x1d.coffer.cluster.v1.NodeRecord\x12\x31\n\x0b\x61\x63ting_sets\x18\x07 \x03(\x0b\x32\x1c.coffer.cluster.v1.ActingSet\x12\x19\n\x11published_unix_ms\x18\x08 \x01(\x04*c\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x11\n\rNODE_STATE_UP\x10\x01\x12\x13\n\x0fNODE_STATE_DOWN\x10\x02\x12\x12\n\x0eNODE_STATE_OUT\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/cluster.proto\x12\x11\x63offer.cluster.v1\"9\n\rFailureDomain\x12\x0c\n\x04zone\x18\x01 \x01(\t\x12\x0c\n\x04rack\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\"\xea\x01\n\x10NodeRegistration\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x38\n\x0e\x66\x61ilure_domain\x18\x04 \x01(\x0b\x32 .coffer.cluster.v1.FailureDomain\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x05 \x01(\x04\x12\x12\n\nused_bytes\x18\x06 \x01(\x04\x12\x0f\n\x07volumes\x18\x07 \x03(\t\x12\x17\n\x0fmetrics_address\x18\x08 \x01(\t\x12\x0c\n\x04\x66ull\x18\t \x01(\x08\"\xea\x01\n\nNodeRecord\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x38\n\x0e\x66\x61ilure_domain\x18\x03 \x01(\x0b\x32 .coffer.cluster.v1.FailureDomain\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x04 \x01(\x04\x12+\n\x05state\x18\x05 \x01(\x0e\x32\x1c.coffer.cluster.v1.NodeState\x12\x1b\n\x13state_since_unix_ms\x18\x06 \x01(\x04\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x12\x0c\n\x04\x66ull\x18\x08 \x01(\x08\"3\n\x0e\x46ormerPosition\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\"Z\n\tActingSet\x12\x10\n\x08node_ids\x18\x01 \x03(\t\x12;\n\x10\x66ormer_positions\x18\x02 \x03(\x0b\x32!.coffer.cluster.v1.FormerPosition\"\xf3\x01\n\nClusterMap\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x10\n\x08pg_count\x18\x03 \x01(\r\x12\x16\n\x0e\x64\x61ta_fragments\x18\x04 \x01(\r\x12\x18\n\x10parity_fragments\x18\x05 \x01(\r\x12,\n\x05nodes\x18\x06 \x03(\x0b\x32\x1d.coffer.cluster.v1.NodeRecord\x12\x31\n\x0b\x61\x63ting_sets\x18\x07 \x03(\x0b\x32\x1c.coffer.cluster.v1.ActingSet\x12\x19\n\x11published_unix_ms\x18\x08 \x01(\x04*c\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x11\n\rNODE_STATE_UP\x10\x01\x12\x13\n\x0fNODE_STATE_DOWN\x10\x02\x12\x12\n\x0eNODE_STATE_OUT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.cluster_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODESTATE']._serialized_start=938
-  _globals['_NODESTATE']._serialized_end=1037
+  _globals['_NODESTATE']._serialized_start=966
+  _globals['_NODESTATE']._serialized_end=1065
   _globals['_FAILUREDOMAIN']._serialized_start=42
   _globals['_FAILUREDOMAIN']._serialized_end=99
   _globals['_NODEREGISTRATION']._serialized_start=102
-  _globals['_NODEREGISTRATION']._serialized_end=322
-  _globals['_NODERECORD']._serialized_start=325
-  _globals['_NODERECORD']._serialized_end=545
-  _globals['_FORMERPOSITION']._serialized_start=547
-  _globals['_FORMERPOSITION']._serialized_end=598
-  _globals['_ACTINGSET']._serialized_start=600
-  _globals['_ACTINGSET']._serialized_end=690
-  _globals['_CLUSTERMAP']._serialized_start=693
-  _globals['_CLUSTERMAP']._serialized_end=936
+  _globals['_NODEREGISTRATION']._serialized_end=336
+  _globals['_NODERECORD']._serialized_start=339
+  _globals['_NODERECORD']._serialized_end=573
+  _globals['_FORMERPOSITION']._serialized_start=575
+  _globals['_FORMERPOSITION']._serialized_end=626
+  _globals['_ACTINGSET']._serialized_start=628
+  _globals['_ACTINGSET']._serialized_end=718
+  _globals['_CLUSTERMAP']._serialized_start=721
+  _globals['_CLUSTERMAP']._serialized_end=964
 # @@protoc_insertion_point(module_scope)

@@ -29,7 +29,7 @@ class FailureDomain(_message.Message):
     def __init__(self, zone: _Optional[str] = ..., rack: _Optional[str] = ..., host: _Optional[str] = ...) -> None: ...
 
 class NodeRegistration(_message.Message):
-    __slots__ = ("format_version", "node_id", "address", "failure_domain", "capacity_bytes", "used_bytes", "volumes", "metrics_address")
+    __slots__ = ("format_version", "node_id", "address", "failure_domain", "capacity_bytes", "used_bytes", "volumes", "metrics_address", "full")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class NodeRegistration(_message.Message):
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     VOLUMES_FIELD_NUMBER: _ClassVar[int]
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     node_id: str
     address: str
@@ -46,10 +47,11 @@ class NodeRegistration(_message.Message):
     used_bytes: int
     volumes: _containers.RepeatedScalarFieldContainer[str]
     metrics_address: str
-    def __init__(self, format_version: _Optional[int] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ..., failure_domain: _Optional[_Union[FailureDomain, _Mapping]] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., volumes: _Optional[_Iterable[str]] = ..., metrics_address: _Optional[str] = ...) -> None: ...
+    full: bool
+    def __init__(self, format_version: _Optional[int] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ..., failure_domain: _Optional[_Union[FailureDomain, _Mapping]] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., volumes: _Optional[_Iterable[str]] = ..., metrics_address: _Optional[str] = ..., full: _Optional[bool] = ...) -> None: ...
 
 class NodeRecord(_message.Message):
-    __slots__ = ("node_id", "address", "failure_domain", "capacity_bytes", "state", "state_since_unix_ms", "draining")
+    __slots__ = ("node_id", "address", "failure_domain", "capacity_bytes", "state", "state_since_unix_ms", "draining", "full")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     FAILURE_DOMAIN_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +59,7 @@ class NodeRecord(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_SINCE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     failure_domain: FailureDomain
@@ -64,7 +67,8 @@ class NodeRecord(_message.Message):
     state: NodeState
     state_since_unix_ms: int
     draining: bool
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., failure_domain: _Optional[_Union[FailureDomain, _Mapping]] = ..., capacity_bytes: _Optional[int] = ..., state: _Optional[_Union[NodeState, str]] = ..., state_since_unix_ms: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
+    full: bool
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., failure_domain: _Optional[_Union[FailureDomain, _Mapping]] = ..., capacity_bytes: _Optional[int] = ..., state: _Optional[_Union[NodeState, str]] = ..., state_since_unix_ms: _Optional[int] = ..., draining: _Optional[bool] = ..., full: _Optional[bool] = ...) -> None: ...
 
 class FormerPosition(_message.Message):
     __slots__ = ("node_id", "position")

@@ -195,3 +195,28 @@ def test_blocked_drain_is_reported() -> None:
     unblocked = next_cluster_map(cluster(15)[0], cluster(15)[1], T0 + 1, drains=frozenset({"node-03"}))
     assert unblocked is not None
     assert not summarize(unblocked, registrations, {}, {}, T0 + 2).drain_blocked
+
+
+def test_full_flag_shown_in_table_and_json() -> None:
+    cluster_map, registrations = cluster()
+    registrations["node-06"].full = True
+    full = next_cluster_map(cluster_map, registrations, T0 + 1)
+    assert full is not None
+    status = summarize(full, registrations, {}, {}, T0 + 2)
+    row = next(r for r in status.nodes if r.node_id == "node-06")
+    assert row.full and not row.draining and row.positions == 0
+    assert not status.drain_blocked
+    line = next(line for line in render_text(status).splitlines() if line.startswith("node-06"))
+    assert " full " in line and "draining" not in line
+    nodes = {node["node_id"]: node for node in json.loads(to_json(status))["nodes"]}
+    assert nodes["node-06"]["full"] is True and nodes["node-05"]["full"] is False
+
+
+def test_full_node_the_rule_needs_is_reported_blocked() -> None:
+    cluster_map, registrations = cluster(14)
+    registrations["node-03"].full = True
+    blocked = next_cluster_map(cluster_map, registrations, T0 + 1)
+    assert blocked is not None and blocked.node("node-03").full
+    status = summarize(blocked, registrations, {}, {}, T0 + 2)
+    assert status.drain_blocked and status.rule_satisfied
+    assert "add nodes or capacity" in render_text(status)
