@@ -26,6 +26,7 @@ from placement.drain import cancel_drain, request_drain
 from placement.etcd import EtcdClient, EtcdUnavailable
 from placement.keys import DEFAULT_PREFIX
 from placement.rendezvous import rule_status
+from placement.service import placement_view
 from storagenode.client import StorageNodeClient
 from storagenode.errors import StorageError
 
@@ -57,9 +58,9 @@ def etcd_endpoint(etcd: str | None, data_dir: Path | None) -> str:
 
 
 def drain_blocker(cluster_map: ClusterMap, node_id: str) -> str | None:
-    """Why draining ``node_id`` (besides the nodes already draining) would leave no valid placement,
-    or None if the other nodes can hold every stripe under the failure-domain rule. Pure."""
-    nodes = dict(cluster_map.nodes)
+    """Why draining ``node_id`` (besides the nodes already draining or full) would leave no valid
+    placement, or None if the other nodes can hold every stripe under the failure-domain rule. Pure."""
+    nodes = placement_view(cluster_map.nodes)
     nodes[node_id] = replace(nodes[node_id], draining=True)
     status = rule_status(nodes)
     return None if status.satisfied else status.detail

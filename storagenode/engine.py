@@ -240,6 +240,11 @@ class FragmentEngine:
         self._dirty_pgs: set[int] = set()
 
     @property
+    def min_free_bytes(self) -> int:
+        """Bytes each volume's disk keeps free: puts are refused below it."""
+        return self._min_free_bytes
+
+    @property
     def volume_paths(self) -> list[str]:
         """The volume directories, in placement order."""
         return [volume.path for volume in self._volumes]

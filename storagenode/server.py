@@ -15,6 +15,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -78,7 +79,7 @@ USAGE_REPORT_SECONDS = 10.0
 class _Registrar(Protocol):
     async def start(self) -> None: ...
 
-    def update(self, used_bytes: int) -> None: ...
+    def update(self, used_bytes: int, full: bool | None = None) -> None: ...
 
     async def stop(self) -> None: ...
 
@@ -142,10 +143,28 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
         logger.info("stopped")
 
 
+#: A node calls itself full when a volume has less than this many times the engine's reserve free,
+#: and not full again only once every volume has more than ``NOT_FULL_RESERVES`` times: the gap
+#: keeps a node near the line from flapping in and out of placement.
+FULL_RESERVES = 2
+NOT_FULL_RESERVES = 4
+
+
+def full_flag(free_bytes: Sequence[int], min_free_bytes: int) -> bool | None:
+    """The node's ``full`` flag from each volume's free bytes: True (placement moves its positions
+    elsewhere, as for a drain), False, or None (between the thresholds: keep the flag as it is)."""
+    if any(free < FULL_RESERVES * min_free_bytes for free in free_bytes):
+        return True
+    if all(free > NOT_FULL_RESERVES * min_free_bytes for free in free_bytes):
+        return False
+    return None
+
+
 async def _report_usage_until(
     stop: asyncio.Event, engine: FragmentEngine, registrar: _Registrar | None
 ) -> None:
-    """Wait for ``stop``; meanwhile refresh the registration's used bytes every few seconds."""
+    """Wait for ``stop``; meanwhile refresh the registration's used bytes and full flag every few
+    seconds."""
     while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), USAGE_REPORT_SECONDS)
@@ -155,7 +174,8 @@ async def _report_usage_until(
                 stats = await asyncio.to_thread(engine.stats)
             except StorageError:
                 continue
-            registrar.update(sum(volume.bytes_used for volume in stats))
+            registrar.update(sum(volume.bytes_used for volume in stats),
+                             full=full_flag([volume.bytes_free for volume in stats], engine.min_free_bytes))
 
 
 async def _register(
