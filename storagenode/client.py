@@ -99,12 +99,7 @@ def _serialize_put(request_id: int, put: storage_pb2.PutFragmentRequest, data: b
 def _serialize_batch(requests: Sequence[Pieces]) -> bytes:
     """A serialized ``FragmentRequestBatch`` of ``requests`` (each a serialized
     ``FragmentRequest`` as pieces); the only copy of any fragment data."""
-    pieces: list[bytes | memoryview] = []
-    for request in requests:
-        pieces.append(_REQUEST_KEY)
-        pieces.append(wire.encode_varint(sum(len(piece) for piece in request)))
-        pieces.extend(request)
-    return b"".join(pieces)
+    return wire.join_repeated(_REQUEST_KEY, requests)
 
 
 class StreamResponse:

@@ -268,12 +268,7 @@ def serialize_response_batch(responses: Sequence[Sequence[bytes | memoryview]]) 
     """Serialized ``FragmentResponseBatch`` of ``responses``, each a serialized
     ``FragmentResponse`` given as pieces to concatenate; fragment data is copied once, into the
     returned bytes (protobuf would copy it into the message and again into the serialization)."""
-    pieces: list[bytes | memoryview] = []
-    for parts in responses:
-        pieces.append(_RESPONSE_KEY)
-        pieces.append(wire.encode_varint(sum(len(part) for part in parts)))
-        pieces.extend(parts)
-    return b"".join(pieces)
+    return wire.join_repeated(_RESPONSE_KEY, responses)
 
 
 def serialize_error_response(request_id: int, status: int, message: str) -> bytes:

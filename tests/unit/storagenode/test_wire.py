@@ -36,3 +36,13 @@ def test_truncated_and_unknown_wire_types_are_errors() -> None:
         list(wire.fields(memoryview(bytes([1 << 3 | 3]))))  # wire type 3 (groups) is not used
     fixed = bytes([9 << 3 | 1]) + (5).to_bytes(8, "little") + bytes([10 << 3 | 5]) + (6).to_bytes(4, "little")
     assert list(wire.fields(memoryview(fixed))) == [(9, 1, 5), (10, 5, 6)]
+
+
+def test_join_repeated_frames_each_message_as_one_length_delimited_field() -> None:
+    first = storage_pb2.FragmentRequest(request_id=1).SerializeToString()
+    second = storage_pb2.FragmentRequest(request_id=2, get={"fragment_index": 3}).SerializeToString()
+    joined = wire.join_repeated(b"\x0a", [(first,), (second[:3], memoryview(second)[3:])])
+    parsed = storage_pb2.FragmentRequestBatch.FromString(joined)
+    assert [request.request_id for request in parsed.requests] == [1, 2]
+    assert parsed.requests[1].get.fragment_index == 3
+    assert wire.join_repeated(b"\x0a", []) == b""
