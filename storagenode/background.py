@@ -96,6 +96,10 @@ class NodeBackground:
                 break
             except TimeoutError as exc:
                 logger.debug("no cluster map yet", extra={"fields": {"error": str(exc)}})
+            except Exception:
+                # Whatever went wrong, repair must not stay off for the node's lifetime: retry.
+                logger.exception("loading the cluster map failed; retrying")
+                await asyncio.sleep(MAP_RETRY_SECONDS)
         if self._repair is not None:
             self._watcher.add_listener(self._on_new_map)
             await self._repair.start()
