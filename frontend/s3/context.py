@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
@@ -13,6 +13,7 @@ from aiohttp import web
 from common.layout import CHUNK_SIZE
 from frontend.chunk_store import ChunkStore
 from frontend.config import FrontendConfig
+from frontend.object_io import Hasher, WrittenContent, write_stream
 from frontend.s3.router import Operation
 from frontend.s3.sigv4 import AuthContext
 from frontend.upload_budget import UploadBudget
@@ -34,6 +35,16 @@ class S3Services:
     def upload_window(self, declared_length: int) -> int:
         """Bytes an upload of ``declared_length`` bytes can hold at once: its chunk window."""
         return min(declared_length, (self.config.parallel_chunks + 1) * CHUNK_SIZE)
+
+    async def store_body(self, pieces: AsyncIterator[bytes | bytearray | memoryview], declared_length: int,
+                         pin_id: str, observers: Sequence[Hasher] = ()) -> WrittenContent:
+        """Store an upload's body (``object_io.write_stream`` with this process's settings) once the
+        upload budget has room for its chunk window; its chunks stay pinned under ``pin_id`` (the
+        caller commits with it, or releases it on failure). Errors: those of ``write_stream``."""
+        async with self.upload_budget.reserve(self.upload_window(declared_length)):
+            return await write_stream(pieces, self.chunk_store, self.metadata, observers=observers,
+                                      parallel_chunks=self.config.parallel_chunks, pin_id=pin_id,
+                                      collection_wait_seconds=self.config.gc_wait_seconds)
 
     async def meta(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a (blocking, SQLite) metadata call in a thread so the event loop keeps serving."""

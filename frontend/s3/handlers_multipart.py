@@ -80,11 +80,8 @@ async def upload_part(call: S3Call) -> web.StreamResponse:
         raise errors.EntityTooLarge(ProposedSize=payload.declared_length, MaxSizeAllowed=MAX_PART_BYTES)
     pin_id = object_io.new_pin_id()  # see put_object: pinned until the commit or release_pins
     try:
-        async with call.services.upload_budget.reserve(call.services.upload_window(payload.declared_length)):
-            written = await object_io.write_stream(
-                payload.pieces(), call.services.chunk_store, call.services.metadata,
-                observers=payload.observers, parallel_chunks=call.services.config.parallel_chunks, pin_id=pin_id,
-                collection_wait_seconds=call.services.config.gc_wait_seconds)
+        written = await call.services.store_body(payload.pieces(), payload.declared_length, pin_id,
+                                                 payload.observers)
         verified = payload.verify(bytes.fromhex(written.md5_hex))
         part = PartRecord(part_number=part_number, size=written.size, etag=quote_etag(written.md5_hex),
                           last_modified=time.time(), checksums=verified, chunks=written.chunks)
@@ -137,11 +134,7 @@ async def upload_part_copy(call: S3Call) -> web.StreamResponse:
     pieces = object_io.read_stream(call.services.chunk_store, source.chunks, start, end)
     pin_id = object_io.new_pin_id()  # see put_object: pinned until the commit or release_pins
     try:
-        async with call.services.upload_budget.reserve(call.services.upload_window(end - start)):
-            written = await object_io.write_stream(pieces, call.services.chunk_store, call.services.metadata,
-                                                   parallel_chunks=call.services.config.parallel_chunks,
-                                                   pin_id=pin_id,
-                                                   collection_wait_seconds=call.services.config.gc_wait_seconds)
+        written = await call.services.store_body(pieces, end - start, pin_id)
         part = PartRecord(part_number=part_number, size=written.size, etag=quote_etag(written.md5_hex),
                           last_modified=time.time(), checksums={}, chunks=written.chunks)
         await object_io.run_to_completion(call.services.metadata.put_part, upload.upload_id, part, pin_id)

@@ -79,11 +79,8 @@ async def put_object(call: S3Call) -> web.StreamResponse:
     # failure, until release_pins: garbage collection never deletes a chunk this request uses.
     pin_id = object_io.new_pin_id()
     try:
-        async with call.services.upload_budget.reserve(call.services.upload_window(payload.declared_length)):
-            written = await object_io.write_stream(
-                payload.pieces(), call.services.chunk_store, call.services.metadata,
-                observers=payload.observers, parallel_chunks=call.services.config.parallel_chunks, pin_id=pin_id,
-                collection_wait_seconds=call.services.config.gc_wait_seconds)
+        written = await call.services.store_body(payload.pieces(), payload.declared_length, pin_id,
+                                                 payload.observers)
         verified = payload.verify(bytes.fromhex(written.md5_hex))
         if verified:
             verified["checksum_type"] = "FULL_OBJECT"
