@@ -23,13 +23,13 @@ from typing import Any, cast
 
 import botocore.exceptions
 import pytest
-from rocksdict import AccessType, Options, Rdict
 
 from common.layout import CHUNK_SIZE, STRIPE_WIDTH, placement_group
 from metadata.sqlite_store import SqliteMetadataStore
 from placement.cluster_map import ClusterMap, NodeState
 from placement.watcher import load_cluster_map
 from storagenode.client import StorageNodeClient
+from tests.fixtures.census import open_volume
 from tests.fixtures.cluster import DevCluster
 from tests.fixtures.processes import wait_until
 
@@ -64,15 +64,6 @@ def node_ids(cluster: DevCluster) -> list[str]:
 
 def volume_path(cluster: DevCluster, node_id: str) -> Path:
     return cluster.data_dir / "nodes" / node_id / "volume-0"
-
-
-def open_volume(path: Path, read_only: bool) -> Rdict:
-    """Open a node's RocksDB volume directly (read-only works while the node runs)."""
-    column_families = Rdict.list_cf(str(path))
-    options = Options(raw_mode=True)
-    access = AccessType.read_only() if read_only else AccessType.read_write()
-    return Rdict(str(path), options=options, access_type=access,
-                 column_families={name: Options(raw_mode=True) for name in column_families if name != "default"})
 
 
 def volume_fragments(path: Path) -> set[tuple[str, int]]:
