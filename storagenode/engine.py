@@ -323,7 +323,9 @@ class FragmentEngine:
             batch, positions, size = batches[volume_number]
             volume = self._volumes[volume_number]
             data = fragment.data
-            # rocksdict's raw mode accepts only bytes; gRPC hands us bytes, so this rarely copies.
+            # rocksdict's raw mode accepts only bytes and a put parsed from a Stream batch is a view
+            # of the received message, so this copies it (and the write batch copies it again:
+            # no way around either through rocksdict).
             batch.put(key, data if isinstance(data, bytes) else bytes(data))
             batch.put(key, header, volume.headers_handle)
             positions.append(position)
