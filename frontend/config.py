@@ -36,6 +36,11 @@ class FrontendConfig:
     ``orphan_sweep_interval_seconds``: between sweeps. ``pin_ttl_seconds``: a writer's pin older
     than this is dropped (must exceed the longest PUT or UploadPart). ``gc_wait_seconds``: how long a
     write waits for a chunk being collected before answering 503 SlowDown.
+
+    Sync API (frontend/sync/): ``sync_url_expires_seconds`` is the lifetime of a presigned chunk
+    URL (X-Amz-Expires), ``sync_upload_expires_seconds`` how long an upload session lives after
+    its last activity, ``sync_longpoll_max_seconds`` the longest wait of a ``/-/sync/changes``
+    long poll.
     """
 
     listen_host: str = "127.0.0.1"
@@ -57,6 +62,9 @@ class FrontendConfig:
     orphan_sweep_interval_seconds: float = 3600.0
     pin_ttl_seconds: float = 86400.0
     gc_wait_seconds: float = 10.0
+    sync_url_expires_seconds: int = 900
+    sync_upload_expires_seconds: float = 86400.0
+    sync_longpoll_max_seconds: float = 60.0
 
 
 def parse_args(argv: list[str] | None) -> FrontendConfig:
@@ -91,7 +99,18 @@ def parse_args(argv: list[str] | None) -> FrontendConfig:
     parser.add_argument("--gc-wait", type=float, default=10.0,
                         help="seconds a write waits for a chunk being collected before answering 503")
     parser.add_argument("--no-gc", action="store_true", help="do not run garbage collection in this frontend")
+    parser.add_argument("--sync-url-lifetime", type=int, default=900,
+                        help="seconds a presigned sync chunk URL stays valid (1..604800)")
+    parser.add_argument("--sync-upload-lifetime", type=float, default=86400.0,
+                        help="seconds a sync upload session lives after its last activity")
+    parser.add_argument("--sync-longpoll-max", type=float, default=60.0,
+                        help="longest wait in seconds of a /-/sync/changes long poll")
     args = parser.parse_args(argv)
+    if not 1 <= args.sync_url_lifetime <= 604_800:
+        parser.error("--sync-url-lifetime must be 1..604800 seconds")
+    for name in ("sync_upload_lifetime", "sync_longpoll_max"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0")
     for name in ("gc_grace", "gc_interval", "orphan_grace", "orphan_sweep_interval", "pin_ttl", "gc_wait"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0")
@@ -117,4 +136,7 @@ def parse_args(argv: list[str] | None) -> FrontendConfig:
         orphan_sweep_interval_seconds=args.orphan_sweep_interval,
         pin_ttl_seconds=args.pin_ttl,
         gc_wait_seconds=args.gc_wait,
+        sync_url_expires_seconds=args.sync_url_lifetime,
+        sync_upload_expires_seconds=args.sync_upload_lifetime,
+        sync_longpoll_max_seconds=args.sync_longpoll_max,
     )

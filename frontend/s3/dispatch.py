@@ -27,6 +27,7 @@ from frontend import datapath_errors
 from frontend.cluster_view import ClusterMapUnavailable
 from frontend.s3 import errors, handlers_bucket, handlers_multipart, handlers_object, router, sigv2, sigv4
 from frontend.s3.context import S3Call, S3Services
+from frontend.sync.presign import SYNC_PRESIGN_OWNER
 from metadata.store import AccessKey
 
 log = logging.getLogger("frontend.s3")
@@ -108,6 +109,11 @@ class AccessKeyCache:
         if len(self._keys) > 10_000:
             self._keys.clear()
         self._keys[access_key_id] = (time.monotonic(), key)
+
+    def owner(self, access_key_id: str) -> str | None:
+        """The owner of a loaded key, None when unknown."""
+        cached = self._keys.get(access_key_id)
+        return cached[1].owner if cached is not None and cached[1] is not None else None
 
     def secret(self, access_key_id: str) -> str | None:
         """The secret of a loaded key, None when unknown."""
@@ -198,6 +204,9 @@ class S3Dispatcher:
         else:
             auth = sigv4.verify_request(request.method, raw_path, query, request.headers, self.keys.secret,
                                         now, region=self.services.config.region)
+        if self.keys.owner(auth.access_key_id) == SYNC_PRESIGN_OWNER:
+            # The sync presign key signs chunk transfer URLs only (frontend/sync/presign.py).
+            raise errors.AccessDenied("This access key is reserved for sync chunk transfers")
         if operation.name not in HANDLERS:
             raise errors.NotImplemented(f"{operation.name} is not implemented by Coffer")
         return S3Call(request=request, operation=operation, auth=auth, request_id=request_id,
