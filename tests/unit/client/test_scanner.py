@@ -1,0 +1,118 @@
+"""client.scanner: real folders on disk, the stat cache, symlinks/special files, unstable files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client import chunking
+from client.chunking import ChunkerSettings, FileChunk, content_digest
+from client.ignore import IGNORE_FILE, IgnoreRules
+from client.index import BaseRecord, LocalIndex
+from client.scanner import LocalEntry, scan, scan_paths
+
+SETTINGS = ChunkerSettings(min_size=64 * 1024, avg_size=256 * 1024, max_size=1024 * 1024)
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[LocalIndex]:
+    with LocalIndex(tmp_path / "index.db") as opened:
+        yield opened
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "sync"
+    (root / "docs" / "empty").mkdir(parents=True)
+    (root / "docs" / "a.txt").write_bytes(b"alpha")
+    (root / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    (root / "zero").write_bytes(b"")
+    (root / ".coffer").mkdir()
+    (root / ".coffer" / "state").write_bytes(b"daemon")
+    (root / "x.coffer-tmp").write_bytes(b"partial")
+    return root
+
+
+def test_full_scan_lists_files_and_folders(folder: Path, index: LocalIndex) -> None:
+    result = scan(folder, index, IgnoreRules.load(folder), SETTINGS)
+    assert sorted(result.entries) == ["big.bin", "docs", "docs/a.txt", "docs/empty", "zero"]
+    assert result.entries["docs"] == LocalEntry("folder")
+    text = result.entries["docs/a.txt"]
+    assert text.kind == "file"
+    assert text.size == 5
+    assert text.chunks == (FileChunk(hashlib.sha256(b"alpha").hexdigest(), 0, 5),)
+    assert text.digest == content_digest(text.chunks)
+    assert text.inode == os.stat(folder / "docs" / "a.txt").st_ino
+    assert result.entries["zero"].chunks == ()
+    assert len(result.entries["big.bin"].chunks) > 1
+    assert result.hashed_files == 3
+    assert result.unstable == []
+    assert result.skipped == []
+
+
+def test_stat_cache_avoids_rehashing(folder: Path, index: LocalIndex) -> None:
+    rules = IgnoreRules.load(folder)
+    first = scan(folder, index, rules, SETTINGS)
+    second = scan(folder, index, rules, SETTINGS)
+    assert second.hashed_files == 0
+    assert second.entries == first.entries
+
+    # A synced file's base record serves as its cache too; a changed file is re-hashed.
+    entry = first.entries["docs/a.txt"]
+    index.put_base(BaseRecord("docs/a.txt", "file", entry.size, entry.mtime_ns, entry.inode, entry.chunks,
+                              entry.digest, 1, 1))
+    (folder / "big.bin").write_bytes(b"replaced")
+    third = scan(folder, index, rules, SETTINGS)
+    assert third.hashed_files == 1
+    assert third.hashed_bytes == len(b"replaced")
+    assert third.entries["big.bin"].size == len(b"replaced")
+
+
+def test_symlinks_and_special_files_are_skipped(folder: Path, index: LocalIndex) -> None:
+    os.symlink(folder / "docs", folder / "link-to-docs")
+    os.symlink("/etc/passwd", folder / "docs" / "passwd")
+    os.mkfifo(folder / "pipe")
+    result = scan(folder, index, IgnoreRules.load(folder), SETTINGS)
+    assert sorted(result.skipped) == [("docs/passwd", "symlink"), ("link-to-docs", "symlink"),
+                                      ("pipe", "special file")]
+    assert "link-to-docs" not in result.entries
+    assert "docs/passwd" not in result.entries
+
+
+def test_cofferignore_applies(folder: Path, index: LocalIndex) -> None:
+    rules = IgnoreRules.load(folder)
+    (folder / IGNORE_FILE).write_text("docs/\n*.bin\n")
+    result = scan(folder, index, rules, SETTINGS)  # the rules are reloaded by the scan
+    assert sorted(result.entries) == [IGNORE_FILE, "zero"]
+
+
+def test_unstable_file_is_reported_not_hashed(folder: Path, index: LocalIndex,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    real_chunk_file = chunking.chunk_file
+
+    def chunk_while_appending(path: str | os.PathLike[str], settings: ChunkerSettings) -> list[FileChunk]:
+        chunks = real_chunk_file(path, settings)
+        if Path(path).name == "big.bin":
+            with open(path, "ab") as file:  # an application is still writing it
+                file.write(b"tail")
+        return chunks
+
+    monkeypatch.setattr(chunking, "chunk_file", chunk_while_appending)
+    result = scan(folder, index, IgnoreRules.load(folder), SETTINGS)
+    assert result.unstable == ["big.bin"]
+    assert "big.bin" not in result.entries
+    assert result.unknown == {"big.bin"}
+    assert "docs/a.txt" in result.entries
+
+
+def test_scan_paths(folder: Path, index: LocalIndex) -> None:
+    rules = IgnoreRules.load(folder)
+    (folder / "docs" / "a.txt").unlink()
+    (folder / "docs" / "new.txt").write_bytes(b"new")
+    result = scan_paths(folder, ["docs/a.txt", "docs", "zero", ".coffer/state"], index, rules, SETTINGS)
+    assert result.missing == ["docs/a.txt"]
+    assert sorted(result.entries) == ["docs", "docs/empty", "docs/new.txt", "zero"]
