@@ -22,7 +22,10 @@ collection marked it, and the `chunk_pins` table (pin id, chunk hash, creation t
 PUT-vs-garbage-collection protocol of `metadata/store.py`. Pin transactions run with
 `synchronous=NORMAL`: WAL frames are appended in order, so a later synced commit also makes them
 durable, and a pin lost in a power cut (never followed by a synced commit) only leaves orphan
-fragments, which the orphan sweep removes.
+fragments, which the orphan sweep removes. Version 3 adds the sync API's tables (users, namespaces,
+devices, entries, versions, journal, upload sessions, the sync chunk -> storage chunks mapping and
+per-namespace chunk presence), used by `SqliteSyncStore` (metadata/sqlite_sync_store.py documents
+them) in this same file and transactions.
 """
 
 from __future__ import annotations
@@ -141,6 +144,97 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX chunk_pins_by_hash ON chunk_pins (hash)",
         "CREATE INDEX chunk_pins_by_created ON chunk_pins (created)",
+    ),
+    # 3: the sync API's tables (metadata/sqlite_sync_store.py documents them).
+    (
+        """CREATE TABLE sync_users (
+            user_id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            created REAL NOT NULL
+        )""",
+        """CREATE TABLE sync_namespaces (
+            namespace_id INTEGER PRIMARY KEY,
+            user_id INTEGER NOT NULL UNIQUE REFERENCES sync_users (user_id),
+            created REAL NOT NULL
+        )""",
+        """CREATE TABLE sync_devices (
+            device_id INTEGER PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES sync_users (user_id),
+            name TEXT NOT NULL,
+            token_hash BLOB NOT NULL UNIQUE CHECK (length(token_hash) = 32),
+            created REAL NOT NULL,
+            revoked REAL
+        )""",
+        "CREATE INDEX sync_devices_by_user ON sync_devices (user_id)",
+        # seq: the journal entry of the entry's last change.
+        """CREATE TABLE sync_entries (
+            file_id INTEGER PRIMARY KEY,
+            namespace_id INTEGER NOT NULL REFERENCES sync_namespaces (namespace_id),
+            path TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('file', 'folder')),
+            current_version INTEGER,
+            deleted INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1)),
+            created REAL NOT NULL,
+            updated REAL NOT NULL,
+            seq INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE UNIQUE INDEX sync_entries_live_path ON sync_entries (namespace_id, path) WHERE deleted = 0",
+        """CREATE TABLE sync_versions (
+            version_id INTEGER PRIMARY KEY,
+            file_id INTEGER NOT NULL REFERENCES sync_entries (file_id),
+            size INTEGER NOT NULL,
+            created REAL NOT NULL,
+            device_id INTEGER,
+            base_version INTEGER,
+            chunk_list BLOB NOT NULL
+        )""",
+        "CREATE INDEX sync_versions_by_file ON sync_versions (file_id, version_id)",
+        """CREATE TABLE sync_journal (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            namespace_id INTEGER NOT NULL,
+            file_id INTEGER NOT NULL,
+            action TEXT NOT NULL,
+            path TEXT NOT NULL,
+            old_path TEXT,
+            version_id INTEGER,
+            deleted INTEGER NOT NULL,
+            device_id INTEGER,
+            created REAL NOT NULL
+        )""",
+        "CREATE INDEX sync_journal_by_namespace ON sync_journal (namespace_id, seq)",
+        """CREATE TABLE sync_uploads (
+            upload_id TEXT PRIMARY KEY,
+            namespace_id INTEGER NOT NULL REFERENCES sync_namespaces (namespace_id),
+            file_id INTEGER,
+            path TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            base_version INTEGER,
+            device_id INTEGER,
+            created REAL NOT NULL,
+            lifetime REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('open', 'committed', 'expired')),
+            result TEXT,
+            chunk_list BLOB NOT NULL
+        )""",
+        "CREATE INDEX sync_uploads_open_by_expiry ON sync_uploads (expires_at) WHERE state = 'open'",
+        """CREATE TABLE sync_upload_chunks (
+            upload_id TEXT NOT NULL,
+            hash BLOB NOT NULL,
+            uploaded REAL NOT NULL,
+            PRIMARY KEY (upload_id, hash)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX sync_upload_chunks_by_hash ON sync_upload_chunks (hash)",
+        """CREATE TABLE sync_chunks (
+            hash BLOB PRIMARY KEY CHECK (length(hash) = 32),
+            size INTEGER NOT NULL,
+            storage_chunks BLOB NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE sync_namespace_chunks (
+            namespace_id INTEGER NOT NULL,
+            hash BLOB NOT NULL,
+            PRIMARY KEY (namespace_id, hash)
+        ) WITHOUT ROWID""",
     ),
 )
 
