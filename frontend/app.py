@@ -4,6 +4,9 @@
 S3 it answers ``GET /-/health`` (200 while the process runs) and ``GET /-/ready`` (200 once a cluster
 map is loaded with at least a write quorum of nodes up; 503 before, with the reason). Unless
 ``--no-gc``, it also runs garbage collection (frontend/garbage_collector.py) once the map is loaded.
+The sync API (``/-/sync/...``, frontend/sync/api.py) and its presigned chunk transfers
+(``/-/chunks/{hash}``, frontend/sync/chunks.py) share the port; virtual-hosted requests
+(``bucket.<suffix>/-/...``) stay S3. Expired sync upload sessions are swept every 10 minutes.
 """
 
 from __future__ import annotations
@@ -29,8 +32,13 @@ from frontend.erasure import ErasureCoder
 from frontend.garbage_collector import GarbageCollector
 from frontend.s3.context import S3Services
 from frontend.s3.dispatch import S3Dispatcher
+from frontend.sync.api import add_sync_routes, is_virtual_hosted
+from frontend.sync.chunks import ChunkTransfer
+from frontend.sync.notifier import ChangeNotifier
+from frontend.sync.services import SyncServices, SyncSettings, ensure_presign_key
 from frontend.upload_budget import UploadBudget
 from metadata.sqlite_store import SqliteMetadataStore
+from metadata.sqlite_sync_store import SqliteSyncStore
 from placement.watcher import ClusterMapWatcher
 from storagenode.client import StorageNodePool
 
@@ -51,28 +59,31 @@ class Frontend:
     port: int
     collector: GarbageCollector | None = None
     background: asyncio.Task[None] | None = None
+    sync: SyncServices | None = None
+    sync_background: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
         """Stop garbage collection and accepting requests, finish in-flight ones, then release
         workers and connections."""
-        if self.background is not None:
-            self.background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.background
+        for task in (self.background, self.sync_background):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.runner.cleanup()
         await self.watcher.stop()
         await self.nodes.close()
         await asyncio.to_thread(self.coder.close)  # waits for the worker processes to exit
 
 
-def build_app(services: S3Services, view: ClusterView) -> web.Application:
-    """The aiohttp application: health endpoints plus one catch-all S3 route."""
+def build_app(services: S3Services, view: ClusterView, sync: SyncServices | None = None) -> web.Application:
+    """The aiohttp application: health endpoints, the sync API and chunk transfers (with ``sync``),
+    plus one catch-all S3 route."""
     dispatcher = S3Dispatcher(services)
 
     def virtual_hosted(request: web.Request) -> bool:
         # bucket.<suffix>/-/health is the object "-/health", not our endpoint.
-        host = request.host.rsplit(":", 1)[0].lower()
-        return any(host.endswith("." + suffix) for suffix in services.config.virtual_host_suffixes)
+        return is_virtual_hosted(request, services.config.virtual_host_suffixes)
 
     async def health(request: web.Request) -> web.StreamResponse:
         if virtual_hosted(request):
@@ -92,8 +103,35 @@ def build_app(services: S3Services, view: ClusterView) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app.router.add_get("/-/health", health)
     app.router.add_get("/-/ready", ready)
+    if sync is not None:
+        add_sync_routes(app, sync, s3_fallback=dispatcher)
+        transfer = ChunkTransfer(sync)
+
+        async def chunk(request: web.Request) -> web.StreamResponse:
+            return await (dispatcher(request) if virtual_hosted(request) else transfer(request))
+
+        async def chunk_expect(request: web.Request) -> web.StreamResponse | None:
+            if virtual_hosted(request):
+                return await dispatcher.expect_continue(request)
+            return await transfer.expect_continue(request)
+
+        app.router.add_route("*", "/-/chunks/{hash}", chunk, expect_handler=chunk_expect)
     app.router.add_route("*", "/{tail:.*}", dispatcher, expect_handler=dispatcher.expect_continue)
     return app
+
+
+async def expire_sync_uploads(sync: SyncServices) -> None:
+    """Expire abandoned sync upload sessions every ``expire_interval_seconds`` (their chunk
+    references are released; garbage collection takes what nobody else references). Runs until
+    cancelled; failures are logged and retried at the next round."""
+    while True:
+        try:
+            expired = await sync.s3.meta(sync.store.expire_uploads, time.time())
+            if expired:
+                log.info("expired sync upload sessions", extra={"fields": {"sessions": expired}})
+        except Exception as exc:
+            log.warning("could not expire sync upload sessions", extra={"fields": {"error": repr(exc)}})
+        await asyncio.sleep(sync.settings.expire_interval_seconds)
 
 
 async def start_frontend(config: FrontendConfig) -> Frontend:
@@ -118,7 +156,13 @@ async def start_frontend(config: FrontendConfig) -> Frontend:
     chunk_store = ChunkStore(view.current, nodes, coder, write_quorum=config.write_quorum)
     services = S3Services(metadata=metadata, chunk_store=chunk_store, config=config,
                           upload_budget=UploadBudget(config.upload_memory_bytes))
-    runner = web.AppRunner(build_app(services, view), access_log=None, handle_signals=False)
+    sync = SyncServices(
+        s3=services, store=SqliteSyncStore(metadata), notifier=ChangeNotifier(),
+        presign_key=await asyncio.to_thread(ensure_presign_key, metadata),
+        settings=SyncSettings(url_expires_seconds=config.sync_url_expires_seconds,
+                              upload_expires_seconds=config.sync_upload_expires_seconds,
+                              longpoll_max_seconds=config.sync_longpoll_max_seconds))
+    runner = web.AppRunner(build_app(services, view, sync), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, config.listen_host, config.listen_port, backlog=1024)
     await site.start()
@@ -151,8 +195,10 @@ async def start_frontend(config: FrontendConfig) -> Frontend:
             await collector.run()
 
     task = asyncio.get_running_loop().create_task(background())
+    sync_task = asyncio.get_running_loop().create_task(expire_sync_uploads(sync))
     return Frontend(config=config, services=services, watcher=watcher, view=view, coder=coder, nodes=nodes,
-                    runner=runner, port=port, collector=collector, background=task)
+                    runner=runner, port=port, collector=collector, background=task, sync=sync,
+                    sync_background=sync_task)
 
 
 async def _run(config: FrontendConfig) -> None:
