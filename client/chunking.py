@@ -197,3 +197,28 @@ def chunk_sizes_valid(chunks: Sequence[FileChunk], settings: ChunkerSettings) ->
             return False
         offset += chunk.size
     return True
+
+
+def read_chunk(path: str | os.PathLike[str], offset: int, size: int, expected_hash: str) -> bytes | None:
+    """The `size` bytes at `offset` of the file at `path` if their SHA-256 hex is `expected_hash`.
+
+    For chunk reuse: a download copies a chunk from a local file (`LocalIndex.find_chunk`) instead
+    of fetching it. Returns None if the file is gone, shorter, or changed (hash differs). Blocking.
+    """
+    buffer = bytearray(size)
+    try:
+        with open(path, "rb", buffering=0) as file:
+            file.seek(offset)
+            view = memoryview(buffer)
+            filled = 0
+            while filled < size:
+                count = file.readinto(view[filled:])
+                if not count:
+                    return None
+                filled += count
+            view.release()
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return None
+    if hashlib.sha256(buffer).hexdigest() != expected_hash:
+        return None
+    return bytes(buffer)

@@ -1,7 +1,8 @@
 """The local tree of a synced folder: a walk with a stat cache, hashing only files that changed.
 
 A file is re-chunked only if its (size, mtime_ns, inode) differ from what the index recorded (the
-base tree's stat fields, or the stat cache of unsynced files), as git's index does. Symlinks are
+base tree's stat fields, or the stat cache of unsynced files), as git's index does, or if it was
+modified less than RACY_WINDOW_NS ago (its stat cannot yet be trusted). Symlinks are
 not followed (their targets may lie outside the folder) and are reported with special files
 (devices, FIFOs, sockets) as skipped. A file whose stat changes while it is chunked is reported
 as unstable and not hashed: the daemon retries it later and must keep its last-synced state
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import stat as stat_module
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,10 @@ from client.ignore import IgnoreRules
 from client.index import FILE, FOLDER, LocalIndex
 
 MAX_PATH_BYTES = 4096  # contracts section 0: longer paths are refused by the server
+# A file modified this recently (ns) may change again within the same mtime tick without changing
+# its stat ("racy clean", see git's Documentation/technical/racy-git.txt): it is re-hashed rather
+# than trusted from the cache, and its hash is not cached. 2 s covers coarse (FAT) timestamps.
+RACY_WINDOW_NS = 2_000_000_000
 
 
 @dataclass(frozen=True)
@@ -118,7 +124,8 @@ class _Walker:
 
     def add_file(self, path: str, stat: os.stat_result) -> None:
         """Add the regular file `path` with `stat`, from the stat cache or by chunking it."""
-        cached = self.index.cached_hash(path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        racy = time.time_ns() - stat.st_mtime_ns < RACY_WINDOW_NS
+        cached = None if racy else self.index.cached_hash(path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
         if cached is not None:
             self.result.entries[path] = LocalEntry(FILE, stat.st_size, stat.st_mtime_ns, stat.st_ino,
                                                    cached.digest, cached.chunks)
@@ -134,7 +141,8 @@ class _Walker:
         digest = content_digest(chunks)
         self.result.hashed_files += 1
         self.result.hashed_bytes += before.st_size
-        self.index.put_stat_cache(path, before.st_size, before.st_mtime_ns, before.st_ino, chunks, digest)
+        if time.time_ns() - before.st_mtime_ns >= RACY_WINDOW_NS:
+            self.index.put_stat_cache(path, before.st_size, before.st_mtime_ns, before.st_ino, chunks, digest)
         self.result.entries[path] = LocalEntry(FILE, before.st_size, before.st_mtime_ns, before.st_ino,
                                                digest, tuple(chunks))
 

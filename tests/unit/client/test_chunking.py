@@ -18,6 +18,7 @@ from client.chunking import (
     chunk_sizes_valid,
     chunks_with_offsets,
     content_digest,
+    read_chunk,
 )
 
 KIB = 1024
@@ -140,3 +141,14 @@ def test_settings_validate() -> None:
         ChunkerSettings(min_size=8 * MIB, avg_size=4 * MIB, max_size=16 * MIB)
     with pytest.raises(ValueError):
         ChunkerSettings(min_size=1, avg_size=4 * MIB, max_size=16 * MIB)
+
+
+def test_read_chunk_verifies_bytes(tmp_path: Path) -> None:
+    data = random_bytes(3 * MIB, seed=6)
+    path = write(tmp_path / "f", data)
+    chunks = chunk_file(path, SMALL)
+    middle = chunks[len(chunks) // 2]
+    assert read_chunk(path, middle.offset, middle.size, middle.hash) == data[middle.offset:middle.offset + middle.size]
+    assert read_chunk(path, middle.offset + 1, middle.size, middle.hash) is None  # changed/shifted bytes
+    assert read_chunk(path, len(data) - 10, 20, middle.hash) is None  # beyond the end
+    assert read_chunk(tmp_path / "missing", 0, 1, middle.hash) is None

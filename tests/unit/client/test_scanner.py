@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,14 @@ def index(tmp_path: Path) -> Iterator[LocalIndex]:
         yield opened
 
 
+def age(root: Path, seconds: float = 60.0) -> None:
+    """Set every file's mtime `seconds` in the past: older than the scanner's racy window."""
+    when = time.time_ns() - int(seconds * 1e9)
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.utime(path, ns=(when, when))
+
+
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     root = tmp_path / "sync"
@@ -34,6 +43,7 @@ def folder(tmp_path: Path) -> Path:
     (root / ".coffer").mkdir()
     (root / ".coffer" / "state").write_bytes(b"daemon")
     (root / "x.coffer-tmp").write_bytes(b"partial")
+    age(root)
     return root
 
 
@@ -66,6 +76,7 @@ def test_stat_cache_avoids_rehashing(folder: Path, index: LocalIndex) -> None:
     index.put_base(BaseRecord("docs/a.txt", "file", entry.size, entry.mtime_ns, entry.inode, entry.chunks,
                               entry.digest, 1, 1))
     (folder / "big.bin").write_bytes(b"replaced")
+    age(folder / "big.bin", 30.0)
     third = scan(folder, index, rules, SETTINGS)
     assert third.hashed_files == 1
     assert third.hashed_bytes == len(b"replaced")
@@ -116,3 +127,21 @@ def test_scan_paths(folder: Path, index: LocalIndex) -> None:
     result = scan_paths(folder, ["docs/a.txt", "docs", "zero", ".coffer/state"], index, rules, SETTINGS)
     assert result.missing == ["docs/a.txt"]
     assert sorted(result.entries) == ["docs", "docs/empty", "docs/new.txt", "zero"]
+
+
+def test_recently_modified_file_is_rehashed_despite_equal_stat(folder: Path, index: LocalIndex) -> None:
+    rules = IgnoreRules.load(folder)
+    target = folder / "docs" / "a.txt"
+    recent = time.time_ns()
+    os.utime(target, ns=(recent, recent))
+    first = scan(folder, index, rules, SETTINGS).entries["docs/a.txt"]
+    # The daemon records it as synced with this stat...
+    index.put_base(BaseRecord("docs/a.txt", "file", first.size, first.mtime_ns, first.inode, first.chunks,
+                              first.digest, 1, 1))
+    # ...then an editor rewrites it in place within the same timestamp tick: the stat is unchanged.
+    with open(target, "r+b") as file:
+        file.write(b"ALPHA")
+    os.utime(target, ns=(recent, recent))
+    second = scan(folder, index, rules, SETTINGS).entries["docs/a.txt"]
+    assert (second.size, second.mtime_ns, second.inode) == (first.size, first.mtime_ns, first.inode)
+    assert second.chunks == (FileChunk(hashlib.sha256(b"ALPHA").hexdigest(), 0, 5),)
