@@ -218,13 +218,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             chunk_list BLOB NOT NULL
         )""",
         "CREATE INDEX sync_uploads_open_by_expiry ON sync_uploads (expires_at) WHERE state = 'open'",
+        # One row per distinct chunk of a session; uploaded: when (NULL until then).
         """CREATE TABLE sync_upload_chunks (
             upload_id TEXT NOT NULL,
             hash BLOB NOT NULL,
-            uploaded REAL NOT NULL,
+            position INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            uploaded REAL,
             PRIMARY KEY (upload_id, hash)
         ) WITHOUT ROWID""",
-        "CREATE INDEX sync_upload_chunks_by_hash ON sync_upload_chunks (hash)",
+        "CREATE INDEX sync_upload_chunks_uploaded ON sync_upload_chunks (hash) WHERE uploaded IS NOT NULL",
         """CREATE TABLE sync_chunks (
             hash BLOB PRIMARY KEY CHECK (length(hash) = 32),
             size INTEGER NOT NULL,

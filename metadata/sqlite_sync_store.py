@@ -19,7 +19,9 @@ Tables (migration 3 in metadata/sqlite_store.py):
   action, path, old_path, version_id, deleted, device_id, created; kind, size, chunks and the device
   name are joined in from the entry, version and device rows when read.
 - `sync_uploads` (the session, its chunk list, `lifetime` seconds after the last activity, state,
-  the commit result as JSON) and `sync_upload_chunks` (the chunks a session uploaded).
+  the commit result as JSON) and `sync_upload_chunks` (one row per distinct chunk of a session, with
+  its first-occurrence position, size and upload time or NULL: recording a chunk of a 50 GB file's
+  session is one index probe, not a decode of its chunk list).
 - `sync_chunks`: sync chunk hash -> size and storage chunk list (the objects' compact format).
 - `sync_namespace_chunks`: (namespace_id, hash) for every sync chunk of a committed version.
 
@@ -235,7 +237,9 @@ class SqliteSyncStore(SyncStore):
          result, chunk_list) = row  # fmt: skip
         uploaded = frozenset(
             bytes(hash_).hex()
-            for (hash_,) in conn.execute("SELECT hash FROM sync_upload_chunks WHERE upload_id = ?", (upload_id,))
+            for (hash_,) in conn.execute(
+                "SELECT hash FROM sync_upload_chunks WHERE upload_id = ? AND uploaded IS NOT NULL", (upload_id,)
+            )
         )
         return Upload(
             upload_id=upload_id,
@@ -369,7 +373,9 @@ class SqliteSyncStore(SyncStore):
         """The storage chunks a session holds: one per storage chunk of each sync chunk it uploaded."""
         uploaded = [
             bytes(hash_)
-            for (hash_,) in conn.execute("SELECT hash FROM sync_upload_chunks WHERE upload_id = ?", (upload_id,))
+            for (hash_,) in conn.execute(
+                "SELECT hash FROM sync_upload_chunks WHERE upload_id = ? AND uploaded IS NOT NULL", (upload_id,)
+            )
         ]
         references: list[ChunkRef] = []
         for storage_chunks in self._mappings(conn, uploaded).values():
@@ -531,10 +537,13 @@ class SqliteSyncStore(SyncStore):
         """See SyncStore.begin_upload."""
         validate_path(path)
         chunk_list = tuple(chunks)
+        distinct: dict[str, SyncChunk] = {}
         for chunk in chunk_list:
             validate_chunk_hash(chunk.hash)
             if not 1 <= chunk.size <= MAX_SYNC_CHUNK_SIZE:
                 raise InvalidSyncRequest(f"chunk {chunk.hash} has size {chunk.size}, not 1..{MAX_SYNC_CHUNK_SIZE}")
+            if distinct.setdefault(chunk.hash, chunk).size != chunk.size:
+                raise InvalidSyncRequest(f"chunk {chunk.hash} is listed with two sizes")
         if size != sum(chunk.size for chunk in chunk_list):
             raise InvalidSyncRequest(f"size {size} is not the sum of the chunk sizes")
         if expires_in <= 0:
@@ -562,15 +571,19 @@ class SqliteSyncStore(SyncStore):
                 live = self._live_entry_at(conn, namespace_id, path)
                 if live is not None and live[1] == "file":
                     file_id = live[0]
-            distinct = list(dict.fromkeys(chunk_list))
-            held = self._namespace_chunks(conn, namespace_id, [_hash_bytes(chunk.hash) for chunk in distinct])
-            missing = [chunk for chunk in distinct if _hash_bytes(chunk.hash) not in held]
+            held = self._namespace_chunks(conn, namespace_id, [_hash_bytes(hash_) for hash_ in distinct])
+            missing = [chunk for chunk in distinct.values() if _hash_bytes(chunk.hash) not in held]
             conn.execute(
                 "INSERT INTO sync_uploads (upload_id, namespace_id, file_id, path, size, base_version, device_id, "
                 "created, lifetime, expires_at, state, result, chunk_list) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', NULL, ?)",
                 (upload_id, namespace_id, file_id, path, size, base_version, device_id, now, expires_in,
                  now + expires_in, _encode_sync_chunks(chunk_list)),
+            )  # fmt: skip
+            conn.executemany(
+                "INSERT INTO sync_upload_chunks (upload_id, hash, position, size, uploaded) VALUES (?, ?, ?, ?, NULL)",
+                [(upload_id, _hash_bytes(chunk.hash), position, chunk.size)
+                 for position, chunk in enumerate(distinct.values())],
             )  # fmt: skip
         upload = Upload(
             upload_id=upload_id,
@@ -597,14 +610,25 @@ class SqliteSyncStore(SyncStore):
     def missing_chunks(self, upload_id: str) -> list[SyncChunk]:
         """See SyncStore.missing_chunks."""
         with self._metadata._read() as conn:
-            return self._missing(conn, self._fetch_upload(conn, upload_id))
+            row = conn.execute(
+                "SELECT namespace_id, state FROM sync_uploads WHERE upload_id = ?", (upload_id,)
+            ).fetchone()
+            if row is None:
+                raise SyncNotFound(f"no upload session {upload_id!r}")
+            return self._missing(conn, upload_id, row[0], row[1])
 
-    def _missing(self, conn: sqlite3.Connection, upload: Upload) -> list[SyncChunk]:
-        if upload.state == "committed":
+    @staticmethod
+    def _missing(conn: sqlite3.Connection, upload_id: str, namespace_id: int, state: str) -> list[SyncChunk]:
+        """The session's chunks neither uploaded nor held by the namespace, first-occurrence order."""
+        if state == "committed":
             return []
-        candidates = [chunk for chunk in dict.fromkeys(upload.chunks) if chunk.hash not in upload.uploaded]
-        held = self._namespace_chunks(conn, upload.namespace_id, [_hash_bytes(chunk.hash) for chunk in candidates])
-        return [chunk for chunk in candidates if _hash_bytes(chunk.hash) not in held]
+        rows = conn.execute(
+            "SELECT c.hash, c.size FROM sync_upload_chunks c WHERE c.upload_id = ? AND c.uploaded IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM sync_namespace_chunks n WHERE n.namespace_id = ? AND n.hash = c.hash) "
+            "ORDER BY c.position",
+            (upload_id, namespace_id),
+        )
+        return [SyncChunk(bytes(hash_).hex(), size) for hash_, size in rows]
 
     def record_chunk_upload(
         self, upload_id: str, chunk_hash: str, size: int, storage_chunks: Sequence[ChunkRef], pin_id: str
@@ -616,22 +640,20 @@ class SqliteSyncStore(SyncStore):
             raise InvalidSyncRequest(f"storage chunks of {chunk_hash} do not add up to {size} bytes")
         now = time.time()
         with self._metadata._write() as conn:
-            row = conn.execute(
-                "SELECT state, lifetime, chunk_list FROM sync_uploads WHERE upload_id = ?", (upload_id,)
-            ).fetchone()
+            row = conn.execute("SELECT state, lifetime FROM sync_uploads WHERE upload_id = ?", (upload_id,)).fetchone()
             if row is None:
                 raise SyncNotFound(f"no upload session {upload_id!r}")
-            state, lifetime, chunk_list = row
+            state, lifetime = row
             if state != "open":
                 raise UploadClosed(f"upload session {upload_id} is {state}")
-            sizes = {chunk.hash: chunk.size for chunk in _decode_sync_chunks(chunk_list)}
-            if chunk_hash not in sizes:
+            listed = conn.execute(
+                "SELECT size, uploaded FROM sync_upload_chunks WHERE upload_id = ? AND hash = ?", (upload_id, hash_)
+            ).fetchone()
+            if listed is None:
                 raise InvalidSyncRequest(f"chunk {chunk_hash} is not part of upload {upload_id}")
-            if sizes[chunk_hash] != size:
-                raise InvalidSyncRequest(f"chunk {chunk_hash} has size {sizes[chunk_hash]} in the session, not {size}")
-            if conn.execute(
-                "SELECT 1 FROM sync_upload_chunks WHERE upload_id = ? AND hash = ?", (upload_id, hash_)
-            ).fetchone():
+            if listed[0] != size:
+                raise InvalidSyncRequest(f"chunk {chunk_hash} has size {listed[0]} in the session, not {size}")
+            if listed[1] is not None:
                 return False
             existing = conn.execute("SELECT storage_chunks FROM sync_chunks WHERE hash = ?", (hash_,)).fetchone()
             recorded = None if existing is None else _decode_chunks(existing[0])
@@ -649,7 +671,7 @@ class SqliteSyncStore(SyncStore):
                         (hash_, size, _encode_chunks(storage)),
                     )
             conn.execute(
-                "INSERT INTO sync_upload_chunks (upload_id, hash, uploaded) VALUES (?, ?, ?)", (upload_id, hash_, now)
+                "UPDATE sync_upload_chunks SET uploaded = ? WHERE upload_id = ? AND hash = ?", (now, upload_id, hash_)
             )
             conn.execute(
                 "UPDATE sync_uploads SET expires_at = max(expires_at, ?) WHERE upload_id = ?",
@@ -672,7 +694,7 @@ class SqliteSyncStore(SyncStore):
                 return upload.result
             if upload.state == "expired":
                 raise UploadClosed(f"upload session {upload_id} expired")
-            missing = self._missing(conn, upload)
+            missing = self._missing(conn, upload_id, upload.namespace_id, upload.state)
             if missing:
                 raise SyncChunksMissing(chunk.hash for chunk in missing)
             namespace_id = upload.namespace_id
@@ -749,7 +771,7 @@ class SqliteSyncStore(SyncStore):
             ]
             for upload_id in upload_ids:
                 self._metadata._release_references(conn, self._session_references(conn, upload_id))
-                conn.execute("DELETE FROM sync_upload_chunks WHERE upload_id = ?", (upload_id,))
+                conn.execute("UPDATE sync_upload_chunks SET uploaded = NULL WHERE upload_id = ?", (upload_id,))
                 conn.execute("UPDATE sync_uploads SET state = 'expired' WHERE upload_id = ?", (upload_id,))
         return len(upload_ids)
 
@@ -773,7 +795,7 @@ class SqliteSyncStore(SyncStore):
             .execute(
                 "SELECT EXISTS (SELECT 1 FROM sync_namespace_chunks WHERE namespace_id = ?1 AND hash = ?2) "
                 "OR EXISTS (SELECT 1 FROM sync_upload_chunks c JOIN sync_uploads u ON u.upload_id = c.upload_id "
-                "WHERE c.hash = ?2 AND u.namespace_id = ?1 AND u.state = 'open')",
+                "WHERE c.hash = ?2 AND c.uploaded IS NOT NULL AND u.namespace_id = ?1 AND u.state = 'open')",
                 (namespace_id, hash_),
             )
             .fetchone()

@@ -4,7 +4,9 @@ deletes, restores, the journal (changes, tree) and cursors."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from metadata import ChunkRef, ChunkState, SqliteMetadataStore
-from metadata.sqlite_store import SCHEMA_VERSION
+from metadata.sqlite_store import _MIGRATIONS, SCHEMA_VERSION
 from metadata.sqlite_sync_store import SqliteSyncStore
 from metadata.sync_records import (
     CommitResult,
@@ -586,3 +588,88 @@ def test_entry_lookups(sync: SqliteSyncStore, metadata: SqliteMetadataStore, ali
     with pytest.raises(SyncNotFound):
         sync.get_upload("unope")
     assert encode_cursor(alice.namespace_id, result.seq).startswith("c1.")
+
+
+# Mappings, expiry, migration, concurrency ------------------------------------------------------------
+
+
+def test_a_live_mapping_is_kept_and_a_collected_one_rewritten(
+    sync: SqliteSyncStore, metadata: SqliteMetadataStore, alice: Device
+) -> None:
+    sync.create_user("bob")
+    bob, _ = sync.create_device("bob", "desktop")
+    chunk = sync_chunk("x", 6 << 20)
+    put_file(sync, metadata, alice, "x", [chunk])
+    original = storage_chunks_for(chunk)
+    # Bob's frontend stored the same bytes cut differently: the live mapping stays (Alice's version
+    # reads through it), Bob's session references it, his writer's stripe is left to collection.
+    other_cut = (ChunkRef(digest("other cut"), chunk.size, 0),)
+    session, _ = sync.begin_upload(bob.namespace_id, "x", chunk.size, [chunk], None, bob.device_id)
+    metadata.pin_chunks("bob-pin", other_cut)
+    assert sync.record_chunk_upload(session.upload_id, chunk.hash, chunk.size, other_cut, "bob-pin")
+    assert sync.storage_chunks_of(chunk.hash) == original
+    assert [metadata.chunk_refcount(ref.hash) for ref in original] == [2, 2]
+    assert metadata.chunk_refcount(other_cut[0].hash) == 0 and metadata.gc_counts().pins == 0
+    sync.commit_upload(session.upload_id)
+    assert [metadata.chunk_refcount(ref.hash) for ref in original] == [2, 2]
+
+    # A mapping whose storage chunks were collected is written afresh by the next upload.
+    lost = sync_chunk("lost")
+    session, _ = sync.begin_upload(alice.namespace_id, "lost", lost.size, [lost], None, alice.device_id)
+    upload(sync, metadata, session.upload_id, lost)
+    sync.expire_uploads(session.expires_at + 1)
+    marked = metadata.mark_chunks_for_collection(unreferenced_before=1e12, pins_expired_before=0.0)
+    assert lost.hash in {chunk.hash for chunk in marked}
+    metadata.finish_collection([chunk.hash for chunk in marked])
+    assert metadata.chunk_state(lost.hash) is None
+    again, missing = sync.begin_upload(alice.namespace_id, "lost", lost.size, [lost], None, alice.device_id)
+    assert missing == [lost]
+    upload(sync, metadata, again.upload_id, lost)  # the S3 write path stores a fresh stripe
+    assert metadata.chunk_state(lost.hash) == ChunkState.LIVE
+    sync.commit_upload(again.upload_id)
+    assert metadata.chunk_refcount(lost.hash) == 1
+
+
+def test_activity_pushes_expiry_back(sync: SqliteSyncStore, metadata: SqliteMetadataStore, alice: Device) -> None:
+    a, b = sync_chunk("a"), sync_chunk("b")
+    session, _ = sync.begin_upload(alice.namespace_id, "f", 2000, [a, b], None, alice.device_id, expires_in=3600.0)
+    upload(sync, metadata, session.upload_id, a)
+    assert sync.get_upload(session.upload_id).expires_at > session.expires_at  # now + 3600 at the upload
+    with pytest.raises(InvalidSyncRequest):  # one hash, two sizes
+        sync.begin_upload(alice.namespace_id, "g", 1500, [a, SyncChunk(a.hash, 500)], None, None)
+
+
+def test_version_2_file_gains_the_sync_tables(tmp_path: Path) -> None:
+    path = tmp_path / "v2.sqlite3"
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TABLE schema_version (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)")
+        for statements in _MIGRATIONS[:2]:
+            for statement in statements:
+                raw.execute(statement)
+        raw.execute("INSERT INTO schema_version VALUES (1, 2)")
+        raw.execute("INSERT INTO buckets VALUES ('kept', 'alice', 1.0)")
+    raw.close()
+    with SqliteMetadataStore(path) as upgraded:
+        assert upgraded.schema_version() == 3
+        assert upgraded.get_bucket("kept") is not None
+        sync = SqliteSyncStore(upgraded)
+        sync.create_user("alice")
+        assert sync.make_folder(sync.namespace_of("alice"), "d", None)[1] == 1
+
+
+def test_concurrent_blind_commits_to_one_path_make_one_file_and_conflicted_copies(
+    sync: SqliteSyncStore, metadata: SqliteMetadataStore, alice: Device
+) -> None:
+    sessions = [
+        sync.begin_upload(alice.namespace_id, "same.txt", 0, [], None, alice.device_id)[0] for _ in range(4)
+    ]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda session: sync.commit_upload(session.upload_id, now=DAY), sessions))
+    assert sorted(result.conflict for result in results) == [False, True, True, True]
+    assert sorted(result.path for result in results) == [
+        "same (laptop's conflicted copy 2026-11-22) (2).txt",
+        "same (laptop's conflicted copy 2026-11-22) (3).txt",
+        "same (laptop's conflicted copy 2026-11-22).txt",
+        "same.txt",
+    ]
+    assert len({result.seq for result in results}) == 4
