@@ -163,7 +163,9 @@ class SyncStore(abc.ABC):
         live entry at the path) the content is stored as a new file at
         `conflicted_copy_name(path, device, now, attempt)` (the first free attempt) and the result
         says `conflict` with `conflict_of` = the session's path. `now` (unix seconds, default the
-        clock) dates the version and the conflicted copy.
+        clock) dates the version and the conflicted copy; a session without a known device names
+        the copy after "unknown device". An open session past `expires_at` that `expire_uploads`
+        has not expired yet still commits: its references are still held.
 
         Committing a committed session returns its stored result again (idempotent). Raises
         SyncNotFound, UploadClosed (expired), SyncChunksMissing (chunks neither uploaded in the
