@@ -4,7 +4,10 @@
 (``cli/dev_cluster.py``); ``coffer status`` shows a cluster's health (``cli/status.py``);
 ``coffer node drain|undrain`` empties a node before removal (``cli/node_commands.py``);
 ``coffer storagenode|placement|frontend ...`` run one service (their own ``main(argv)`` parses the
-rest); ``coffer keys create|list`` manage S3 access keys; ``coffer bench ...`` runs the benchmarks.
+rest); ``coffer keys create|list`` manage S3 access keys; ``coffer user create|list`` and
+``coffer token create|list|revoke`` manage sync users and their device tokens
+(``cli/sync_admin.py``); ``coffer sync FOLDER`` runs the sync daemon (``client/cli.py``);
+``coffer bench ...`` runs the benchmarks.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ DISPATCH = {
     "placement": ("placement.service", "run the placement service (see `coffer placement --help`)"),
     "frontend": ("frontend.app", "run the S3 frontend (see `coffer frontend --help`)"),
     "bench": ("bench.cli", "run benchmarks against an S3 endpoint (see `coffer bench --help`)"),
+    "sync": ("client.cli", "sync a folder with a Coffer server, or show its state (see `coffer sync --help`)"),
 }
 
 
@@ -153,6 +157,27 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "create":
             sub.add_argument("--owner", default="admin", help="who the key authenticates as (default admin)")
 
+    user = commands.add_parser("user", help="manage sync users (each owns one namespace)")
+    user_commands = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
+    token = commands.add_parser("token", help="manage sync device tokens")
+    token_commands = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    for sub in (
+        user_commands.add_parser("create", help="create a sync user and its namespace"),
+        user_commands.add_parser("list", help="list sync users"),
+        token_commands.add_parser("create", help="create a device token (printed once)"),
+        token_commands.add_parser("list", help="list device tokens (never the token text)"),
+        token_commands.add_parser("revoke", help="revoke one device's token"),
+    ):
+        where = sub.add_mutually_exclusive_group()
+        where.add_argument("--data", type=Path, default=None, help=data_help)
+        where.add_argument("--metadata", type=Path, default=None, help="the frontend's SQLite metadata file")
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
+    user_commands.choices["create"].add_argument("name", help="user name, e.g. alice")
+    token_commands.choices["create"].add_argument("--user", required=True, help="the user the device belongs to")
+    token_commands.choices["create"].add_argument("--device", required=True, help="device name, e.g. laptop")
+    token_commands.choices["list"].add_argument("--user", default=None, help="only this user's devices")
+    token_commands.choices["revoke"].add_argument("device_id", type=int, help="device id (see `coffer token list`)")
+
     for name, (_module, text) in DISPATCH.items():
         commands.add_parser(name, help=text, add_help=False)
     return parser
@@ -199,9 +224,27 @@ def _run_cluster_command(arguments: argparse.Namespace) -> int:
                               "cluster (`coffer dev up`)") from error
 
 
+def _run_sync_admin(arguments: argparse.Namespace) -> int:
+    """``coffer user ...`` and ``coffer token ...``."""
+    from cli import sync_admin
+
+    path = sync_admin.metadata_path(arguments.data, arguments.metadata)
+    if arguments.command == "user":
+        if arguments.user_command == "create":
+            return sync_admin.create_user(path, arguments.name, arguments.json)
+        return sync_admin.list_users(path, arguments.json)
+    if arguments.token_command == "create":
+        return sync_admin.create_token(path, arguments.user, arguments.device, arguments.json)
+    if arguments.token_command == "list":
+        return sync_admin.list_tokens(path, arguments.user, arguments.json)
+    return sync_admin.revoke_token(path, arguments.device_id)
+
+
 def _run(arguments: argparse.Namespace) -> int:
     from cli import dev_cluster, keys
 
+    if arguments.command in ("user", "token"):
+        return _run_sync_admin(arguments)
     if arguments.command in ("status", "node"):
         return _run_cluster_command(arguments)
     if arguments.command == "dev":
