@@ -88,9 +88,10 @@ class Api:
             assert isinstance(answer, dict)
             return answer
 
-    async def put_chunk(self, url: str, data: bytes, expect: int = 200) -> str:
+    async def put_chunk(self, url: str, data: bytes, expect: int = 200, expect100: bool = False) -> str:
         """PUT to a presigned URL as given (no re-encoding); returns the response body text."""
-        async with self.session.put(aiohttp.client.URL(url, encoded=True), data=data) as response:
+        async with self.session.put(aiohttp.client.URL(url, encoded=True), data=data,
+                                    expect100=expect100) as response:
             text = await response.text()
             assert response.status == expect, (response.status, text)
             return text
@@ -168,7 +169,7 @@ def test_upload_mark_commit_download(cluster: DevCluster, accounts: Accounts, me
 
         by_hash = {sha256(chunk): chunk for chunk in chunks}
         for missing in begun["missing"][:2]:
-            await alice.put_chunk(missing["url"], by_hash[missing["hash"]])
+            await alice.put_chunk(missing["url"], by_hash[missing["hash"]], expect100=True)
         marked = await alice.call("POST", f"/files/{upload_id}/chunks/{sha256(big)}")
         assert marked == {"hash": sha256(big), "uploaded": True, "missing": 1}
         # The resume call lists only what is left, with a fresh URL.
@@ -254,6 +255,10 @@ def test_tampered_and_expired_urls_are_refused(cluster: DevCluster, accounts: Ac
                          url.replace("X-Amz-Expires=900", "X-Amz-Expires=9000")):
             body = other if sha256(other) in tampered else data
             assert s3_error_code(await alice.put_chunk(tampered, body, expect=403)) == "SignatureDoesNotMatch"
+        # With Expect: 100-continue the refusal comes before the body.
+        tampered = url.replace(sha256(data), sha256(other))
+        assert s3_error_code(await alice.put_chunk(tampered, other, expect=403, expect100=True)) == \
+            "SignatureDoesNotMatch"
         # A correctly signed URL past its lifetime.
         access_key, secret = presign_key(metadata_path)
         parts = urllib.parse.urlsplit(url)
@@ -482,3 +487,10 @@ def test_virtual_hosted_requests_stay_s3(cluster: DevCluster) -> None:
             assert response.status == 404 and (await response.json())["error"] == "NotFound"
 
     run(scenario)
+
+
+def test_frontend_logged_no_unexpected_error(cluster: DevCluster) -> None:
+    """Runs last: every failure above was an answered error, never an unhandled exception."""
+    log = cluster.log("frontend")
+    assert "frontend serving" in log  # the right log file
+    assert "unexpected error" not in log, [line for line in log.splitlines() if "unexpected error" in line]
