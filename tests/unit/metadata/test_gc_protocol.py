@@ -181,7 +181,7 @@ def test_version_1_file_upgrades_in_place(store_path: Path) -> None:
         raw.execute("INSERT INTO chunks VALUES (?, 10, 1, NULL)", (bytes.fromhex(chunk_hash("kept")),))
         raw.execute("INSERT INTO chunks VALUES (?, 10, 0, 5.0)", (bytes.fromhex(chunk_hash("unreferenced")),))
     with SqliteMetadataStore(store_path) as upgraded:
-        assert upgraded.schema_version() == SCHEMA_VERSION == 2
+        assert upgraded.schema_version() == SCHEMA_VERSION == 3
         assert upgraded.chunk_state(chunk_hash("kept")) == ChunkState.LIVE
         assert upgraded.chunks_present([chunk_hash("kept"), chunk_hash("unreferenced")]) == {
             chunk_hash("kept"), chunk_hash("unreferenced")}
