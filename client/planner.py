@@ -40,7 +40,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from client.tree import Kind, Node, Tree, conflicted_copy_name, is_under, path_key, same_content, with_parents
+from client.tree import (
+    Kind,
+    Node,
+    Tree,
+    conflicted_copy_name,
+    is_under,
+    parents,
+    path_key,
+    same_content,
+    with_parents,
+)
 
 
 @dataclass(frozen=True)
@@ -360,12 +370,12 @@ def _free_name(path: str, device: str, now: float | None, taken: set[str]) -> st
 def _order(actions: Iterable[Action]) -> list[Action]:
     """Sort actions into execution order (module docstring): aside, blocking deletes, creates, deletes, records."""
     actions = list(actions)
-    local_creates = [action.path for action in actions if isinstance(action, _LOCAL_CREATES)]
-    remote_creates = [action.path for action in actions if isinstance(action, _REMOTE_CREATES)]
+    local_creates = {action.path for action in actions if isinstance(action, _LOCAL_CREATES)}
+    remote_creates = {action.path for action in actions if isinstance(action, _REMOTE_CREATES)}
 
     def blocks_a_create(action: DeleteLocal | DeleteRemote) -> bool:
         creates = local_creates if isinstance(action, DeleteLocal) else remote_creates
-        return any(action.path == created or is_under(action.path, created) for created in creates)
+        return action.path in creates or any(parent in creates for parent in parents(action.path))
 
     def sort_key(action: Action) -> tuple[int, tuple[str, ...], int]:
         rank = _TYPE_ORDER[type(action)]

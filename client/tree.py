@@ -82,13 +82,17 @@ def with_parents(tree: Tree) -> dict[str, Node]:
     Raises ValueError if an entry sits under a file (no tree on disk or on the server has that shape).
     """
     complete = dict(tree)
+    implied = Node(Kind.FOLDER, None)
     for path in tree:
-        for parent in parents(path):
+        parent = path.rpartition("/")[0]
+        while parent:
             node = complete.get(parent)
-            if node is None:
-                complete[parent] = Node(Kind.FOLDER, None)
-            elif node.kind != Kind.FOLDER:
-                raise ValueError(f"{path!r} is under the file {parent!r}")
+            if node is not None:
+                if node.kind != Kind.FOLDER:
+                    raise ValueError(f"{path!r} is under the file {parent!r}")
+                break  # its own parents are checked (or were added) when it is visited
+            complete[parent] = implied
+            parent = parent.rpartition("/")[0]
     return complete
 
 

@@ -333,11 +333,14 @@ class World:
         device.pending = plan(self.server.tree(), device.local, device.base, device.name, now=CONFLICT_TIME)
         return device.pending
 
-    def execute(self, index: int) -> None:
-        """Run the device's pending plan against the server as it is now."""
+    def execute(self, index: int, stop_after: int | None = None) -> None:
+        """Run the device's pending plan against the server as it is now.
+
+        `stop_after`: the daemon dies after that many actions (the rest of the plan is lost).
+        """
         device = self.devices[index]
         executor = Executor(self.server, device)
-        for action in device.pending:
+        for action in device.pending[:stop_after]:
             executor.run(action)
         device.pending = []
 

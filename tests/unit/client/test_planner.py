@@ -240,6 +240,8 @@ def test_same_inputs_same_plan_whatever_the_mapping_order() -> None:
 def test_entry_under_a_file_is_refused() -> None:
     with pytest.raises(ValueError, match="under the file"):
         plan({"a": Node(FILE, "x", 1, 1), "a/b": Node(FILE, "y", 2, 2)}, {}, {}, "dev")
+    with pytest.raises(ValueError, match="under the file"):
+        plan({}, {"a/b/c": local_file("x"), "a/b": LOCAL_FOLDER, "a": local_file("y")}, {}, "dev")
 
 
 def test_tree_helpers() -> None:
