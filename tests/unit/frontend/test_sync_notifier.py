@@ -29,7 +29,7 @@ class Journal:
 
 
 def waiting_gauge() -> float:
-    return LONGPOLL_WAITERS._value.get()  # type: ignore[attr-defined]
+    return LONGPOLL_WAITERS._value.get()
 
 
 async def _returns_at_once_when_something_is_already_there() -> None:
