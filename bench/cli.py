@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coffer bench",
         description="PUT/GET benchmark of an S3 endpoint (Coffer's dev cluster by default).",
+        epilog="`coffer bench sync ...` benchmarks file sync instead: change-to-other-device latency and "
+        "delta efficiency (see `coffer bench sync --help`).",
     )
     target = parser.add_argument_group("target")
     target.add_argument("--endpoint", help="S3 endpoint URL (default: endpoint in DIR/cluster.json)")
@@ -191,7 +193,14 @@ def _compare(paths: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``coffer bench`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    """Run ``coffer bench`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+    ``coffer bench sync ...`` goes to ``bench.syncbench.main``."""
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "sync":
+        from bench import syncbench
+
+        return syncbench.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.compare:
