@@ -1,6 +1,6 @@
 """``coffer bench sync`` against a real dev cluster with tiny settings: the document has sane fields,
 the delta edits send exactly the chunks the old file lacked, and the daemons and their folders are
-gone afterwards (issue 4, acceptance 9)."""
+gone afterwards, also when a change never arrives (issue 4, acceptance 9)."""
 
 from __future__ import annotations
 
@@ -76,3 +76,22 @@ def test_bench_sync_measures_latency_and_delta_and_cleans_up(cluster: DevCluster
 
     assert list(work.iterdir()) == []  # the folders were deleted
     assert not [line for line in _command_lines() if str(work) in line]  # and the daemons stopped
+
+
+def test_bench_sync_failure_reports_the_step_and_still_cleans_up(cluster: DevCluster, tmp_path: Path) -> None:
+    work = tmp_path / "tmp"
+    work.mkdir()
+    output = tmp_path / "result.json"
+    # No change reaches the other folder within a millisecond: the first create times out.
+    completed = subprocess.run(
+        [sys.executable, "-m", "cli", "bench", "sync", "--data", str(cluster.data_dir), "--files", "1",
+         "--sizes", "4KiB", "--delta-size", "0", "--timeout", "0.001", "--json", str(output)],
+        capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "TMPDIR": str(work)})
+    assert completed.returncode == 1, f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr}"
+    document = json.loads(output.read_text())
+    assert "waiting for create of latency-4KiB-000.bin to reach b" in document["error"]
+    assert "daemon a log:" in document["error"]
+    assert document["latency"] == []
+    assert "FAILED: timed out" in completed.stdout
+    assert list(work.iterdir()) == []
+    assert not [line for line in _command_lines() if str(work) in line]
