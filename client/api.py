@@ -267,9 +267,16 @@ class SyncApi:
         """GET /files?path=P -> as get_file, for the live entry at `path` (404 NotFound if none)."""
         return await self._json("GET", "/files", params={"path": path})
 
-    async def delete(self, file_id: int) -> dict[str, Any]:
-        """DELETE /files/{file_id} -> {"cursor"} (soft delete; folders recursively)."""
-        return await self._json("DELETE", f"/files/{file_id}")
+    async def delete(self, file_id: int, *, version: int | None = None, if_empty: bool = False) -> dict[str, Any]:
+        """DELETE /files/{file_id} -> {"cursor"} (soft delete; folders recursively). ``version``:
+        only if the file is still at that version; ``if_empty``: a folder only if nothing is under
+        it (else SyncApiError 412 PreconditionFailed, nothing deleted)."""
+        params: dict[str, str] = {}
+        if version is not None:
+            params["version"] = str(version)
+        if if_empty:
+            params["if_empty"] = "true"
+        return await self._json("DELETE", f"/files/{file_id}", params=params or None)
 
     async def move(self, file_id: int, to: str) -> dict[str, Any]:
         """POST /files/{file_id}:move {"to"} -> {"cursor"}; 409 PathExists if `to` is taken."""

@@ -63,6 +63,7 @@ from metadata.sync_records import (
     SyncChunksMissing,
     SyncForbidden,
     SyncNotFound,
+    SyncPreconditionFailed,
     SyncUser,
     Upload,
     UploadClosed,
@@ -838,13 +839,19 @@ class SqliteSyncStore(SyncStore):
             raise SyncNotFound(f"no version {version_id}")
         return self._version_from_row(row)
 
-    def delete_entry(self, file_id: int, device_id: int | None) -> int:
+    def delete_entry(self, file_id: int, device_id: int | None, *, expected_version: int | None = None,
+                     only_if_empty: bool = False) -> int:
         """See SyncStore.delete_entry."""
         now = time.time()
         with self._metadata._write() as conn:
             entry = self._fetch_entry(conn, file_id)
             if entry.deleted:
                 return self._latest_seq(conn, entry.namespace_id)
+            if expected_version is not None and entry.current_version != expected_version:
+                raise SyncPreconditionFailed(
+                    f"{entry.path!r} is at version {entry.current_version}, not {expected_version}")
+            if only_if_empty and entry.kind == "folder" and self._live_under(conn, entry.namespace_id, entry.path):
+                raise SyncPreconditionFailed(f"folder {entry.path!r} is not empty")
             targets: list[tuple[int, str]] = [(entry.file_id, entry.path)]
             if entry.kind == "folder":
                 lower, upper = _under(entry.path)

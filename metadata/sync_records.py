@@ -233,6 +233,14 @@ class PathExists(SyncError):
     status = 409
 
 
+class SyncPreconditionFailed(SyncError):
+    """A conditional change whose condition no longer holds: the file's current version is not
+    the expected one, or a folder to delete only if empty has live entries under it."""
+
+    code = "PreconditionFailed"
+    status = 412
+
+
 class SyncChunksMissing(SyncError):
     """A commit names chunks that are neither uploaded in its session nor referenced by the
     namespace (or whose storage chunks are no longer LIVE). Nothing was changed.

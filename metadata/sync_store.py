@@ -209,11 +209,15 @@ class SyncStore(abc.ABC):
         """The version. Raises SyncNotFound."""
 
     @abc.abstractmethod
-    def delete_entry(self, file_id: int, device_id: int | None) -> int:
+    def delete_entry(self, file_id: int, device_id: int | None, *, expected_version: int | None = None,
+                     only_if_empty: bool = False) -> int:
         """Soft-delete the entry; a folder deletes every live entry at or under its path (children
         before parents), one journal entry ("delete") each, one transaction. Versions and chunk
         references stay. Returns the seq of the last journal entry written; the namespace's latest
-        seq if the entry was already deleted. Raises SyncNotFound."""
+        seq if the entry was already deleted. Conditions (checked in the same transaction, so a
+        client never deletes what it has not seen): `expected_version` (a file's current version
+        must be this one), `only_if_empty` (a folder must have no live entry under it). Raises
+        SyncNotFound, SyncPreconditionFailed."""
 
     @abc.abstractmethod
     def move_entry(self, file_id: int, to_path: str, device_id: int | None) -> int:

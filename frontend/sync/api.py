@@ -391,9 +391,18 @@ async def file_by_path(call: SyncCall) -> web.StreamResponse:
 
 
 async def delete_file(call: SyncCall, file_id_text: str) -> web.StreamResponse:
-    """DELETE /-/sync/files/{file_id}: soft delete (a folder with everything under it)."""
+    """DELETE /-/sync/files/{file_id}[?version=V][&if_empty=true]: soft delete (a folder with
+    everything under it). ``version``: only if the file's current version is V; ``if_empty``: a
+    folder only if nothing live is under it; else 412 PreconditionFailed and nothing changes."""
     entry = await own_entry(call, file_id_text)
-    seq = await call.meta(call.services.store.delete_entry, entry.file_id, call.device.device_id)
+    version_text = call.request.query.get("version")
+    try:
+        expected_version = int(version_text) if version_text is not None else None
+    except ValueError:
+        raise invalid_request("version must be an integer") from None
+    only_if_empty = call.request.query.get("if_empty", "").lower() in ("1", "true", "yes")
+    seq = await call.meta(call.services.store.delete_entry, entry.file_id, call.device.device_id,
+                          expected_version=expected_version, only_if_empty=only_if_empty)
     _notify(call)
     return await json_response({"cursor": encode_cursor(call.namespace_id, seq)})
 

@@ -379,6 +379,13 @@ def test_folders_move_delete_restore(cluster: DevCluster, accounts: Accounts) ->
         await alice.call("POST", f"/files/{v1['file_id']}:move", 400, body={"to": "../escape"})
         await alice.call("POST", f"/files/{v1['file_id']}:move", 400, body={"to": 5})
 
+        # Conditional deletes: a stale version or a non-empty folder is refused and nothing changes.
+        stale = await alice.call("DELETE", f"/files/{v1['file_id']}", 412, params={"version": str(v1["version_id"])})
+        assert stale["error"] == "PreconditionFailed"
+        await alice.call("DELETE", f"/files/{folder['file_id']}", 412, params={"if_empty": "true"})
+        await alice.call("DELETE", f"/files/{v1['file_id']}", 400, params={"version": "latest"})
+        assert (await alice.call("GET", f"/files/{v1['file_id']}"))["deleted"] is False
+
         # Delete the folder: everything under it is soft-deleted; deleting again changes nothing.
         deleted = await alice.call("DELETE", f"/files/{folder['file_id']}")
         file_state = await alice.call("GET", f"/files/{v1['file_id']}")

@@ -26,6 +26,7 @@ from metadata.sync_records import (
     SyncChunksMissing,
     SyncForbidden,
     SyncNotFound,
+    SyncPreconditionFailed,
     UploadClosed,
     UserExists,
     encode_cursor,
@@ -462,6 +463,28 @@ def test_folder_delete_deletes_everything_under_it(
         sync.move_entry(ids["docs"], "elsewhere", alice.device_id)
     with pytest.raises(SyncNotFound):
         sync.delete_entry(424242, alice.device_id)
+
+
+def test_conditional_deletes_refuse_what_changed_since_the_client_looked(
+    sync: SqliteSyncStore, metadata: SqliteMetadataStore, alice: Device
+) -> None:
+    ns = alice.namespace_id
+    ids = build_docs(sync, metadata, alice)
+    seen_version = sync.get_entry(ids["docs.txt"]).current_version
+    assert seen_version is not None
+    put_file(sync, metadata, alice, "docs.txt", [sync_chunk("docs.txt v2")], base_version=seen_version)
+    before = sync.latest_seq(ns)
+    with pytest.raises(SyncPreconditionFailed):
+        sync.delete_entry(ids["docs.txt"], alice.device_id, expected_version=seen_version)
+    with pytest.raises(SyncPreconditionFailed):
+        sync.delete_entry(ids["docs"], alice.device_id, only_if_empty=True)
+    assert sync.latest_seq(ns) == before and "docs.txt" in live_paths(sync, ns)
+    assert "docs/sub/b.txt" in live_paths(sync, ns)
+    current = sync.get_entry(ids["docs.txt"]).current_version
+    sync.delete_entry(ids["docs.txt"], alice.device_id, expected_version=current)
+    sync.delete_entry(ids["docs/sub/b.txt"], alice.device_id)
+    sync.delete_entry(ids["docs/sub"], alice.device_id, only_if_empty=True)
+    assert live_paths(sync, ns) == ["docs", "docs/a.txt", "docs2/x"]
 
 
 def test_make_folder_is_idempotent_and_refuses_files(
