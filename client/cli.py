@@ -5,11 +5,12 @@
     coffer sync FOLDER --once                       # sync until in agreement, then exit
     coffer sync status FOLDER [--json]              # the running daemon's state
 
-Settings come from, in increasing priority: defaults, a TOML file (``--config FILE``; keys
-``server``, ``token``, ``min_chunk``, ``avg_chunk``, ``max_chunk`` (bytes), ``rescan_interval``,
-``poll_wait`` (seconds), ``parallel_transfers``), the saved ``FOLDER/.coffer/config.json``, and
-the command line. The token is saved with mode 0600. Progress (files and bytes to go, rate) is
-shown on the terminal when stderr is one; logs are logfmt lines on stderr.
+Settings come from, in increasing priority: defaults, the settings saved by the last run
+(``FOLDER/.coffer/config.json``), a TOML file (``--config FILE``; keys ``server``, ``token``,
+``min_chunk``, ``avg_chunk``, ``max_chunk`` (bytes), ``rescan_interval``, ``poll_wait`` (seconds),
+``parallel_transfers``), and the command line; the result is saved for the next run (mode 0600:
+it holds the token). Progress (files and bytes to go, rate) is shown on the terminal when stderr
+is one; logs are logfmt lines on stderr.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("folder", type=Path, help="the folder to sync (created if missing)")
     parser.add_argument("--server", help="the Coffer endpoint, e.g. http://127.0.0.1:9000")
     parser.add_argument("--token", help="this device's token (`coffer token create`)")
-    parser.add_argument("--config", type=Path, help="a TOML file with settings (see `coffer sync --help`)")
+    parser.add_argument("--config", type=Path, help="a TOML file with settings: server, token, min_chunk, "
+                        "avg_chunk, max_chunk (bytes), rescan_interval, poll_wait (seconds), parallel_transfers")
     parser.add_argument("--min-chunk", type=_size, help="FastCDC minimum chunk size (default 1MiB)")
     parser.add_argument("--avg-chunk", type=_size, help="FastCDC average chunk size (default 4MiB)")
     parser.add_argument("--max-chunk", type=_size, help="FastCDC maximum chunk size (default 16MiB)")
@@ -76,13 +78,13 @@ def load_settings(arguments: argparse.Namespace) -> dict[str, Any]:
 
     Raises ValueError with what to do when the server or token is missing or the TOML is invalid."""
     settings: dict[str, Any] = {}
+    saved = arguments.folder / STATE_DIRECTORY / CONFIG_FILE
+    if saved.exists():
+        settings.update(json.loads(saved.read_text()))
     if arguments.config is not None:
         with arguments.config.open("rb") as handle:
             document = tomllib.load(handle)
         settings.update({key: document[key] for key in _SETTING_KEYS if key in document})
-    saved = arguments.folder / STATE_DIRECTORY / CONFIG_FILE
-    if saved.exists():
-        settings.update(json.loads(saved.read_text()))
     for key in _SETTING_KEYS:
         value = getattr(arguments, key, None)
         if value is not None:

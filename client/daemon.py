@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from client.api import ChunkHashMismatch, ServerUnreachable, SyncApi, SyncApiError
-from client.chunking import ChunkerSettings, FileChunk, chunk_file_stable, content_digest
+from client.chunking import ChunkerSettings, FileChunk, chunk_file_stable, content_digest, read_chunk
 from client.ignore import IgnoreRules
 from client.index import BaseRecord, LocalIndex, RemoteRecord
 from client.planner import (
@@ -261,7 +261,7 @@ class SyncDaemon:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             if watcher is not None:
-                watcher.stop()
+                await asyncio.to_thread(watcher.stop)  # joins watchdog's thread
 
     async def _connect_until_online(self, stop: asyncio.Event) -> None:
         delay = 0.5
@@ -340,11 +340,17 @@ class SyncDaemon:
         self.status.cycles += 1
         await self.catch_up()
         result = await asyncio.to_thread(scan, self.folder, index, self.ignore, self.settings.chunker)
-        base_records = {record.path: record for record in await asyncio.to_thread(index.base_records)}
+        base_records = {record.path: record for record in await asyncio.to_thread(index.base_records)
+                        if not self._ignored(record.path, record.kind)}
+        remote_records = [record for record in await asyncio.to_thread(index.remote_records)
+                          if not self._ignored(record.path, record.kind)]
+        if await self._move_renamed_files(result, base_records, {record.path: record for record in remote_records}):
+            return True  # the server moved them; re-plan from the caught-up replica
         base = {path: _node_from_base(record) for path, record in base_records.items()}
-        remote = {record.path: _node_from_remote(record)
-                  for record in await asyncio.to_thread(index.remote_records)}
+        remote = {record.path: _node_from_remote(record) for record in remote_records}
         local = {path: _node_from_local(entry) for path, entry in result.entries.items()}
+        await self._recognise_other_chunkings(result, local, base_records,
+                                              {record.path: record for record in remote_records})
         unknown = result.unknown
         for path in unknown:  # unknown local state: pretend it is unchanged, decide later
             if path in base:
@@ -368,6 +374,80 @@ class SyncDaemon:
             self.status.pending_files = max(0, self.status.pending_files - 1)
             self._publish()
         return True
+
+    async def _recognise_other_chunkings(self, result: ScanResult, local: dict[str, Node],
+                                         base: dict[str, BaseRecord], remote: dict[str, RemoteRecord]) -> None:
+        """Give a local file the base's or the server's digest when it holds exactly their bytes
+        under another chunking.
+
+        Digests compare chunk lists, and a chunk list depends on the FastCDC settings of whoever
+        made it: a file downloaded from a device with other settings and re-chunked here would
+        look edited and be uploaded again (and two such devices would trade versions forever).
+        So when a file's digest differs from the base's (or the server's) but its size is equal, the
+        file is checked against that chunk list (SHA-256 of each range; a real edit usually fails
+        at its first changed chunk). Blocking reads run in a thread."""
+        for path, entry in result.entries.items():
+            if entry.kind != Kind.FILE or entry.digest is None:
+                continue
+            candidates: list[tuple[str | None, Sequence[FileChunk] | None]] = []
+            known = base.get(path)
+            if known is not None and known.kind == Kind.FILE and known.digest != entry.digest \
+                    and known.size == entry.size:
+                candidates.append((known.digest, known.chunks))
+            server = remote.get(path)
+            if server is not None and server.kind == Kind.FILE and server.digest != entry.digest \
+                    and server.size == entry.size:
+                candidates.append((server.digest, server.chunks))
+            for digest, chunks in candidates:
+                if digest is None or not chunks:
+                    continue
+                if await asyncio.to_thread(self._holds_chunks, path, chunks):
+                    local[path] = Node(Kind.FILE, digest)
+                    break
+
+    def _holds_chunks(self, path: str, chunks: Sequence[FileChunk]) -> bool:
+        local_path = self._local_path(path)
+        return all(read_chunk(local_path, chunk.offset, chunk.size, chunk.hash) is not None for chunk in chunks)
+
+    def _ignored(self, path: str, kind: str) -> bool:
+        # The same rules filter all three trees: a remote file this device ignores must not look
+        # like a local delete.
+        return self.ignore.ignored(path, kind == Kind.FOLDER)
+
+    async def _move_renamed_files(self, result: ScanResult, base: dict[str, BaseRecord],
+                                  remote: dict[str, RemoteRecord]) -> bool:
+        """Turn local renames of synced files into server moves, so a renamed file keeps its id and
+        version history (the planner alone would see a delete and a new file). A rename is a base
+        file gone from its path whose inode and content now sit at a path that neither base nor the
+        server has, while the server still holds the base version. Returns True if it moved any."""
+        by_inode = {record.inode: record for record in base.values()
+                    if record.kind == Kind.FILE and record.inode is not None and record.path not in result.entries}
+        moved = False
+        for path, entry in sorted(result.entries.items()):
+            if entry.kind != Kind.FILE or entry.inode is None:
+                continue
+            old = by_inode.get(entry.inode)
+            if (old is None or path in base or path in remote or old.file_id is None
+                    or entry.digest != old.digest):
+                continue
+            current = remote.get(old.path)
+            if current is None or current.file_id != old.file_id or current.version_id != old.version_id:
+                continue
+            try:
+                await self.api.move(old.file_id, path)
+            except SyncApiError as error:
+                if error.status in (400, 404, 409):
+                    continue  # the planner handles it as a delete and a create
+                raise
+            index = self._index()
+            await asyncio.to_thread(index.delete_base, old.path)
+            await asyncio.to_thread(index.put_base, BaseRecord(
+                path, Kind.FILE, entry.size, entry.mtime_ns, entry.inode, entry.chunks, entry.digest,
+                old.file_id, old.version_id))
+            del by_inode[entry.inode]
+            moved = True
+            log.info("moved remotely", extra={"fields": {"path": old.path, "to": path}})
+        return moved
 
     def _begin_transfers(self, actions: Sequence[Action], result: ScanResult, remote: dict[str, Node]) -> None:
         pending_bytes = 0
@@ -664,8 +744,13 @@ class SyncDaemon:
                     is_under(record.path, action.path) for record in await asyncio.to_thread(index.remote_records)):
                 return  # something still lives under it remotely
             try:
-                await self.api.delete(action.file_id)
+                # The server checks again in the delete's own transaction: what changed after our
+                # catch-up (a new version, a file added to the folder) is never deleted.
+                await self.api.delete(action.file_id, version=action.version_expected if action.kind == Kind.FILE
+                                      else None, if_empty=action.kind == Kind.FOLDER)
             except SyncApiError as error:
+                if error.status == 412:
+                    return  # changed remotely since the plan: the next plan pulls it
                 if error.status != 404:
                     raise
         await asyncio.to_thread(index.delete_base, action.path)

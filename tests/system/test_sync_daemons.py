@@ -64,8 +64,10 @@ def snapshot(folder: Path) -> dict[str, str]:
 class Device:
     """One ``coffer sync`` daemon process on ``folder`` with ``token``; stopped by the fixture."""
 
-    def __init__(self, name: str, folder: Path, endpoint: str, token: str, log_path: Path) -> None:
+    def __init__(self, name: str, folder: Path, endpoint: str, token: str, log_path: Path,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.name = name
+        self.extra_args = extra_args
         self.folder = folder
         self.endpoint = endpoint
         self.token = token
@@ -79,7 +81,7 @@ class Device:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "cli", "sync", str(self.folder), "--server", self.endpoint,
-                 "--token", self.token, "--poll-wait", "10", "--no-progress"],
+                 "--token", self.token, "--poll-wait", "10", "--no-progress", *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
@@ -125,7 +127,7 @@ def tokens(cluster: DevCluster) -> dict[str, str]:
     run_coffer("user", "create", "carol", "--data", data)
     run_coffer("user", "create", "mallory", "--data", data)
     result: dict[str, str] = {}
-    for user, device in (("carol", "laptop"), ("carol", "desktop"), ("mallory", "phone")):
+    for user, device in (("carol", "laptop"), ("carol", "desktop"), ("carol", "tablet"), ("mallory", "phone")):
         answer = run_coffer("token", "create", "--user", user, "--device", device, "--data", data, "--json")
         result[device] = json.loads(answer.stdout)["token"]
     return result
@@ -158,7 +160,7 @@ def converge(devices: tuple[Device, Device], source: Device, timeout: float = CO
     return seconds
 
 
-def agree(devices: tuple[Device, Device], condition: Callable[[dict[str, str]], bool], timeout: float,
+def agree(devices: tuple[Device, ...], condition: Callable[[dict[str, str]], bool], timeout: float,
           what: str) -> dict[str, str]:
     """Wait until every device's folder holds the same tree and that tree satisfies ``condition``
     (for changes that also alter the source folder, e.g. a conflicted copy coming down); return it."""
@@ -201,6 +203,8 @@ def test_create_edit_rename_delete_converge_within_5_seconds(devices: tuple[Devi
     os.rename(a / "projects/alpha", a / "projects/gamma")
     converge(devices, laptop)
     assert (b / "projects/gamma/data.bin").stat().st_size == 6 * MiB
+    # A renamed file is moved on the server: same file, history kept (created on A, edited on B).
+    assert len(_file_info(laptop, "notes-renamed.txt")["versions"]) == 2
     # Deletes on B: a file, a folder tree, the empty folder.
     (b / "notes-renamed.txt").unlink()
     for path in sorted((b / "projects/beta").rglob("*"), reverse=True):
@@ -213,6 +217,13 @@ def test_create_edit_rename_delete_converge_within_5_seconds(devices: tuple[Devi
                            "projects/gamma/data.bin": snapshot(b)["projects/gamma/data.bin"]}
     # A renamed file reached B without its bytes travelling again: B reused its local chunks.
     assert desktop.status()["bytes_reused"] >= 6 * MiB
+
+
+def _file_info(device: Device, path: str) -> dict[str, Any]:
+    async def ask() -> dict[str, Any]:
+        async with SyncApi(device.endpoint, device.token) as api:
+            return await api.get_file_by_path(path)
+    return asyncio.run(ask())
 
 
 def _counters(device: Device) -> tuple[int, int]:
@@ -347,6 +358,33 @@ def test_other_users_token_sees_nothing(devices: tuple[Device, Device], tokens: 
 
     tree, status = asyncio.run(probe())
     assert tree["entries"] == [] and status == 403
+
+
+def test_a_device_with_other_chunk_sizes_does_not_trade_versions(
+        cluster: DevCluster, devices: tuple[Device, Device], tokens: dict[str, str], tmp_path: Path) -> None:
+    laptop, desktop = devices
+    write(laptop.folder / "chunking/from-laptop.bin", os.urandom(20 * MiB))
+    converge(devices, laptop, timeout=60)
+    tablet = Device("tablet", tmp_path / "C", cluster.endpoint, tokens["tablet"], tmp_path / "tablet.log",
+                    ("--min-chunk", "256KiB", "--avg-chunk", "1MiB", "--max-chunk", "4MiB"))
+    everyone = (laptop, desktop, tablet)
+    try:
+        tablet.start()
+        wait_for(lambda: snapshot(tablet.folder) == snapshot(laptop.folder), 120, "the tablet's first sync", everyone)
+        write(tablet.folder / "chunking/from-tablet.bin", os.urandom(10 * MiB))
+        tree = agree(everyone, lambda tree: "chunking/from-tablet.bin" in tree, 60, "the tablet's file everywhere")
+        # Past the scanner's racy window every device re-chunks what it just downloaded with its own
+        # settings: the same bytes under another chunking must not look like an edit.
+        time.sleep(4)
+        wait_for(lambda: all(device.status().get("state") == "idle" for device in everyone), 30,
+                 "every daemon to be idle", everyone)
+        assert snapshot(laptop.folder) == tree == snapshot(tablet.folder)
+        assert sorted(path for path in tree if path.startswith("chunking/")) == [
+            "chunking/from-laptop.bin", "chunking/from-tablet.bin"]
+        for path in ("chunking/from-laptop.bin", "chunking/from-tablet.bin"):
+            assert len(_file_info(laptop, path)["versions"]) == 1, path
+    finally:
+        tablet.stop(signal.SIGKILL)
 
 
 def test_frontend_restart_mid_sync_misses_no_change(cluster: DevCluster, devices: tuple[Device, Device]) -> None:
