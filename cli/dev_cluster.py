@@ -356,6 +356,8 @@ def _print_welcome(data_dir: Path, info: dict[str, str], detached: bool) -> None
          f"Try it:\n"
          f"  AWS_ACCESS_KEY_ID={info['access_key']} AWS_SECRET_ACCESS_KEY={info['secret_key']} "
          f"AWS_DEFAULT_REGION={info['region']} aws --endpoint-url {endpoint} s3 mb s3://demo\n"
+         f"File sync: coffer user create NAME --data {data_dir}; coffer token create --user NAME --device DEVICE "
+         f"--data {data_dir}; coffer sync FOLDER --server {endpoint} --token TOKEN\n"
          f"Credentials: {cluster_path(data_dir)}   logs: {data_dir / 'logs'}/\n"
          f"Status: coffer dev status --data {data_dir}   "
          + (f"stop: coffer dev down --data {data_dir}" if detached else "stop: Ctrl-C"))
