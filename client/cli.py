@@ -8,9 +8,9 @@
 Settings come from, in increasing priority: defaults, the settings saved by the last run
 (``FOLDER/.coffer/config.json``), a TOML file (``--config FILE``; keys ``server``, ``token``,
 ``min_chunk``, ``avg_chunk``, ``max_chunk`` (bytes), ``rescan_interval``, ``poll_wait`` (seconds),
-``parallel_transfers``), and the command line; the result is saved for the next run (mode 0600:
-it holds the token). Progress (files and bytes to go, rate) is shown on the terminal when stderr
-is one; logs are logfmt lines on stderr.
+``parallel_transfers``, ``parallel_files``), and the command line; the result is saved for the
+next run (mode 0600: it holds the token). Progress (files and bytes to go, rate) is shown on the
+terminal when stderr is one; logs are logfmt lines on stderr.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from common.logs import setup_logging
 
 CONFIG_FILE = "config.json"
 _SETTING_KEYS = ("server", "token", "min_chunk", "avg_chunk", "max_chunk", "rescan_interval", "poll_wait",
-                 "parallel_transfers")
+                 "parallel_transfers", "parallel_files")
 
 
 def _size(text: str) -> int:
@@ -54,13 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", help="the Coffer endpoint, e.g. http://127.0.0.1:9000")
     parser.add_argument("--token", help="this device's token (`coffer token create`)")
     parser.add_argument("--config", type=Path, help="a TOML file with settings: server, token, min_chunk, "
-                        "avg_chunk, max_chunk (bytes), rescan_interval, poll_wait (seconds), parallel_transfers")
+                        "avg_chunk, max_chunk (bytes), rescan_interval, poll_wait (seconds), parallel_transfers, "
+                        "parallel_files")
     parser.add_argument("--min-chunk", type=_size, help="FastCDC minimum chunk size (default 1MiB)")
     parser.add_argument("--avg-chunk", type=_size, help="FastCDC average chunk size (default 4MiB)")
     parser.add_argument("--max-chunk", type=_size, help="FastCDC maximum chunk size (default 16MiB)")
     parser.add_argument("--rescan-interval", type=float, help="seconds between full rescans (default 60)")
     parser.add_argument("--poll-wait", type=float, help="long-poll seconds (default 30)")
-    parser.add_argument("--parallel-transfers", type=int, help="chunks in flight per file (default 4)")
+    parser.add_argument("--parallel-transfers", type=int, help="chunk transfers in flight (default 4)")
+    parser.add_argument("--parallel-files", type=int, help="files transferred at once (default 8)")
     parser.add_argument("--once", action="store_true", help="sync until in agreement, then exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress display on the terminal")
     return parser
@@ -148,7 +150,8 @@ async def _run_daemon(folder: Path, settings: dict[str, Any], once: bool, progre
     daemon_settings = DaemonSettings(
         chunker=chunker, rescan_interval=float(settings.get("rescan_interval", 60.0)),
         poll_wait=float(settings.get("poll_wait", 30.0)),
-        parallel_transfers=int(settings.get("parallel_transfers", 4)), watch=not once)
+        parallel_transfers=int(settings.get("parallel_transfers", 4)),
+        parallel_files=int(settings.get("parallel_files", 8)), watch=not once)
     display = _Progress() if progress else None
     async with SyncApi(str(settings["server"]), str(settings["token"])) as api:
         daemon = SyncDaemon(folder, api, daemon_settings,

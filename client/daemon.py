@@ -89,7 +89,9 @@ class DaemonSettings:
 
     ``chunker``: FastCDC sizes. ``rescan_interval``: full rescan even without events (catches what
     inotify cannot see, e.g. edits while the daemon was stopped are caught by the scan at start).
-    ``poll_wait``: long-poll duration. ``parallel_transfers``: chunks in flight per file.
+    ``poll_wait``: long-poll duration. ``parallel_transfers``: chunks in flight (all files together;
+    each holds up to ``chunker.max_size`` bytes in memory). ``parallel_files``: files transferred at
+    once.
     ``quiet_period``: how long a path must be quiet before its events trigger a cycle.
     ``retry_max``: the longest pause between attempts while the server is unreachable.
     """
@@ -98,6 +100,7 @@ class DaemonSettings:
     rescan_interval: float = 60.0
     poll_wait: float = 30.0
     parallel_transfers: int = 4
+    parallel_files: int = 8
     quiet_period: float = 0.2
     retry_max: float = 10.0
     watch: bool = True
@@ -158,6 +161,7 @@ class SyncDaemon:
         self.device = ""
         self._on_progress = on_progress
         self._wake = asyncio.Event()
+        self._chunk_slots = asyncio.Semaphore(settings.parallel_transfers)
         self._replica_lock = asyncio.Lock()
         self._lock_handle: Any = None
         self._last_status_write = 0.0
@@ -247,7 +251,17 @@ class SyncDaemon:
                     self._offline(error)
                     timeout = retry_delay
                     retry_delay = min(retry_delay * 2, self.settings.retry_max)
-                except (SyncApiError, OSError, FolderChanged, ChunkHashMismatch) as error:
+                except SyncApiError as error:
+                    if error.status == 401:
+                        raise DaemonError("the server refused this device's token (revoked?): create a new one with "
+                                          "`coffer token create --user USER --device DEVICE` and run "
+                                          "`coffer sync FOLDER --token NEW`") from error
+                    log.warning("sync cycle failed; retrying", extra={"fields": {"error": repr(error)}})
+                    self.status.last_error = repr(error)
+                    self._publish(force=True)
+                    timeout = retry_delay
+                    retry_delay = min(retry_delay * 2, self.settings.retry_max)
+                except (OSError, FolderChanged, ChunkHashMismatch) as error:
                     log.warning("sync cycle failed; retrying", extra={"fields": {"error": repr(error)}})
                     self.status.last_error = repr(error)
                     self._publish(force=True)
@@ -366,14 +380,36 @@ class SyncDaemon:
             self._publish(force=True)
             return False
         self._begin_transfers(actions, result, remote)
-        for action in actions:
-            try:
-                await self._execute(action, result, base_records)
-            except FolderChanged as error:
-                log.info("local file changed during sync; will retry", extra={"fields": {"error": str(error)}})
-            self.status.pending_files = max(0, self.status.pending_files - 1)
-            self._publish()
+        # Transfers (uploads, downloads, conflicts) between two other actions touch different paths
+        # and need nothing from each other (downloads create their parent folders), so they run
+        # together, `parallel_files` at a time; chunk bytes in flight stay bounded by the shared
+        # `parallel_transfers` slots. Everything else keeps the planner's order.
+        batch: list[Action] = []
+        for action in [*actions, None]:
+            if isinstance(action, Upload | Download | Conflict):
+                batch.append(action)
+                continue
+            if batch:
+                files = asyncio.Semaphore(self.settings.parallel_files)
+
+                async def transfer(item: Action, files: asyncio.Semaphore = files) -> None:
+                    async with files:
+                        await self._run_action(item, result, base_records)
+
+                await self._gather(transfer(item) for item in batch)
+                batch = []
+            if action is not None:
+                await self._run_action(action, result, base_records)
         return True
+
+    async def _run_action(self, action: Action, result: ScanResult, base: dict[str, BaseRecord]) -> None:
+        try:
+            await self._execute(action, result, base)
+        except FolderChanged as error:
+            log.info("local file changed during sync; will retry", extra={"fields": {"error": str(error)}})
+        if isinstance(action, Upload | Download | Conflict):
+            self.status.pending_files = max(0, self.status.pending_files - 1)
+        self._publish()
 
     async def _recognise_other_chunkings(self, result: ScanResult, local: dict[str, Node],
                                          base: dict[str, BaseRecord], remote: dict[str, RemoteRecord]) -> None:
@@ -530,11 +566,10 @@ class SyncDaemon:
         local_path = self._local_path(path)
         upload_id, missing = await self._open_upload(path, entry, base_version)
         by_hash = {chunk.hash: chunk for chunk in entry.chunks}
-        limit = asyncio.Semaphore(self.settings.parallel_transfers)
 
         async def send(item: dict[str, Any]) -> None:
             chunk = by_hash[item["hash"]]
-            async with limit:
+            async with self._chunk_slots:
                 data = await asyncio.to_thread(_read_exact, local_path, chunk.offset, chunk.size)
                 if hashlib.sha256(data).hexdigest() != chunk.hash:
                     raise FolderChanged(f"{path} changed since it was scanned")
@@ -635,11 +670,10 @@ class SyncDaemon:
         for item in chunks:
             file_chunks.append(FileChunk(item["hash"], offset, int(item["size"])))
             offset += int(item["size"])
-        limit = asyncio.Semaphore(self.settings.parallel_transfers)
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             async def fetch(chunk: FileChunk, url: str) -> None:
-                async with limit:
+                async with self._chunk_slots:
                     data = await self._local_chunk(chunk)
                     if data is not None:
                         self.status.bytes_reused += chunk.size
