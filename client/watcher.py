@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -39,6 +40,11 @@ _EVENTS: list[type[FileSystemEvent]] = [
     DirCreatedEvent, DirDeletedEvent, DirMovedEvent,
 ]
 
+
+# watchdog's inotify backend warns when a recursive watch re-adds a folder it already watches (a
+# folder created while the tree is being added); the callback it replaces is the same one, so no
+# event is lost and the warning only alarms users.
+warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
 
 class _Handler(FileSystemEventHandler):
     def __init__(self, watcher: FolderWatcher) -> None:
