@@ -110,6 +110,17 @@ class CachedHash(NamedTuple):
     digest: str
 
 
+class StatCacheRow(NamedTuple):
+    """One stat cache entry: the chunks and digest of the file at `path` with this stat."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+    chunks: tuple[FileChunk, ...]
+    digest: str
+
+
 class ChunkLocation(NamedTuple):
     """Where a local synced file holds a chunk: path (relative), offset and size in bytes."""
 
@@ -265,9 +276,17 @@ class LocalIndex:
     def put_stat_cache(self, path: str, size: int, mtime_ns: int, inode: int,
                        chunks: Sequence[FileChunk], digest: str) -> None:
         """Remember the chunks and digest of the local file `path` at stat (size, mtime_ns, inode)."""
+        self.put_stat_cache_many([StatCacheRow(path, size, mtime_ns, inode, tuple(chunks), digest)])
+
+    def put_stat_cache_many(self, rows: Iterable[StatCacheRow]) -> None:
+        """`put_stat_cache` for many files in one transaction (a scan of 10,000 new files is one
+        synced commit, not 10,000)."""
         with self._transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO stat_cache (path, size, mtime_ns, inode, chunk_list, digest) "
-                         "VALUES (?, ?, ?, ?, ?, ?)", (path, size, mtime_ns, inode, _chunks_to_json(chunks), digest))
+            conn.executemany(
+                "INSERT OR REPLACE INTO stat_cache (path, size, mtime_ns, inode, chunk_list, digest) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(row.path, row.size, row.mtime_ns, row.inode, _chunks_to_json(row.chunks), row.digest)
+                 for row in rows])
 
     def prune_stat_cache(self, keep: Iterable[str]) -> int:
         """Drop stat cache rows whose path is not in `keep`; returns how many were dropped."""

@@ -22,9 +22,11 @@ from pathlib import Path
 
 from client.chunking import ChunkerSettings, FileChunk, chunk_file_stable, content_digest
 from client.ignore import IgnoreRules
-from client.index import FILE, FOLDER, LocalIndex
+from client.index import FILE, FOLDER, LocalIndex, StatCacheRow
 
 MAX_PATH_BYTES = 4096  # contracts section 0: longer paths are refused by the server
+_CACHE_BATCH_ROWS = 1000
+_CACHE_BATCH_BYTES = 1 << 30  # a file this large took seconds to hash: save it at once
 # A file modified this recently (ns) may change again within the same mtime tick without changing
 # its stat ("racy clean", see git's Documentation/technical/racy-git.txt): it is re-hashed rather
 # than trusted from the cache, and its hash is not cached. 2 s covers coarse (FAT) timestamps.
@@ -76,6 +78,15 @@ class _Walker:
         self.ignore = ignore
         self.settings = settings
         self.result = ScanResult()
+        self._cache_rows: list[StatCacheRow] = []
+        self._cache_bytes = 0
+
+    def flush_cache(self) -> None:
+        """Write the stat cache rows gathered so far (one transaction)."""
+        if self._cache_rows:
+            self.index.put_stat_cache_many(self._cache_rows)
+            self._cache_rows = []
+            self._cache_bytes = 0
 
     def walk(self, relative_dir: str) -> None:
         """Add everything under the folder `relative_dir` ("" = the root), depth first."""
@@ -142,7 +153,12 @@ class _Walker:
         self.result.hashed_files += 1
         self.result.hashed_bytes += before.st_size
         if time.time_ns() - before.st_mtime_ns >= RACY_WINDOW_NS:
-            self.index.put_stat_cache(path, before.st_size, before.st_mtime_ns, before.st_ino, chunks, digest)
+            self._cache_rows.append(StatCacheRow(path, before.st_size, before.st_mtime_ns, before.st_ino,
+                                                 tuple(chunks), digest))
+            self._cache_bytes += before.st_size
+            # Written in batches; a large hash is saved at once so a restart never repeats it.
+            if len(self._cache_rows) >= _CACHE_BATCH_ROWS or self._cache_bytes >= _CACHE_BATCH_BYTES:
+                self.flush_cache()
         self.result.entries[path] = LocalEntry(FILE, before.st_size, before.st_mtime_ns, before.st_ino,
                                                digest, tuple(chunks))
 
@@ -185,6 +201,7 @@ def scan(folder: str | Path, index: LocalIndex, ignore: IgnoreRules,
     ignore.reload_if_changed()
     walker = _Walker(root, index, ignore, settings)
     walker.walk("")
+    walker.flush_cache()
     index.prune_stat_cache(walker.result.entries)
     return walker.result
 
@@ -202,4 +219,5 @@ def scan_paths(folder: str | Path, paths: Iterable[str], index: LocalIndex, igno
         if path in walker.result.entries:
             continue  # already added under a folder scanned earlier in this call
         walker.add_path(path)
+    walker.flush_cache()
     return walker.result
