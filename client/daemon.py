@@ -379,7 +379,7 @@ class SyncDaemon:
             self.status.last_error = None
             self._publish(force=True)
             return False
-        self._begin_transfers(actions, result, remote)
+        self._begin_transfers(actions, result, {record.path: record for record in remote_records})
         # Transfers (uploads, downloads, conflicts) between two other actions touch different paths
         # and need nothing from each other (downloads create their parent folders), so they run
         # together, `parallel_files` at a time; chunk bytes in flight stay bounded by the shared
@@ -485,17 +485,17 @@ class SyncDaemon:
             log.info("moved remotely", extra={"fields": {"path": old.path, "to": path}})
         return moved
 
-    def _begin_transfers(self, actions: Sequence[Action], result: ScanResult, remote: dict[str, Node]) -> None:
+    def _begin_transfers(self, actions: Sequence[Action], result: ScanResult,
+                         remote: dict[str, RemoteRecord]) -> None:
         pending_bytes = 0
         files = 0
-        index = self._index()
         for action in actions:
             if isinstance(action, Upload | Conflict):
                 entry = result.entries.get(action.path)
                 pending_bytes += (entry.size or 0) if entry is not None else 0
                 files += 1
             elif isinstance(action, Download):
-                record = index.get_remote(action.path)
+                record = remote.get(action.path)
                 pending_bytes += (record.size or 0) if record is not None else 0
                 files += 1
         self.status.pending_files = files
