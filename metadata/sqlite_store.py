@@ -262,6 +262,16 @@ _OBJECT_COLUMNS_JOINED = ", ".join("o." + column.strip() for column in _OBJECT_C
 _PART_COLUMNS = "part_number, size, etag, last_modified, checksums, chunk_list"
 
 
+def _in_batches(conn: sqlite3.Connection, sql: str, values: Sequence[Any], before: Sequence[Any] = (),
+                after: Sequence[Any] = ()) -> Iterator[sqlite3.Cursor]:
+    """Run `sql`, whose one ``{}`` slot takes the placeholders of an IN list, over `values` in
+    batches of _IN_CLAUSE_BATCH (SQLite bounds the parameters of one statement); the parameters
+    are `before` + the batch + `after`. Yields each batch's cursor (rows, or rowcount)."""
+    for start in range(0, len(values), _IN_CLAUSE_BATCH):
+        batch = values[start : start + _IN_CLAUSE_BATCH]
+        yield conn.execute(sql.format(",".join("?" * len(batch))), [*before, *batch, *after])
+
+
 def _hash_bytes(chunk_hash: str) -> bytes:
     """64 hex characters -> 32 bytes; ValueError otherwise."""
     if len(chunk_hash) != 64:
@@ -439,28 +449,21 @@ class SqliteMetadataStore(MetadataStore):
     @staticmethod
     def _chunk_states(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> dict[bytes, int]:
         """hash -> state of the recorded ones among `hashes`."""
-        states: dict[bytes, int] = {}
-        for start in range(0, len(hashes), _IN_CLAUSE_BATCH):
-            batch = hashes[start : start + _IN_CLAUSE_BATCH]
-            placeholders = ",".join("?" * len(batch))
-            for hash_, state in conn.execute(
-                f"SELECT hash, state FROM chunks WHERE hash IN ({placeholders})", batch
-            ):
-                states[bytes(hash_)] = state
-        return states
+        return {
+            bytes(hash_): state
+            for cursor in _in_batches(conn, "SELECT hash, state FROM chunks WHERE hash IN ({})", hashes)
+            for hash_, state in cursor
+        }
 
     @staticmethod
     def _pinned(conn: sqlite3.Connection, pin_id: str, hashes: Sequence[bytes]) -> set[bytes]:
         """Which of `hashes` `pin_id` pins."""
-        pinned: set[bytes] = set()
-        for start in range(0, len(hashes), _IN_CLAUSE_BATCH):
-            batch = hashes[start : start + _IN_CLAUSE_BATCH]
-            placeholders = ",".join("?" * len(batch))
-            for (hash_,) in conn.execute(
-                f"SELECT hash FROM chunk_pins WHERE pin_id = ? AND hash IN ({placeholders})", [pin_id, *batch]
-            ):
-                pinned.add(bytes(hash_))
-        return pinned
+        return {
+            bytes(hash_)
+            for cursor in _in_batches(conn, "SELECT hash FROM chunk_pins WHERE pin_id = ? AND hash IN ({})",
+                                      hashes, before=[pin_id])
+            for (hash_,) in cursor
+        }
 
     def _add_references(
         self, conn: sqlite3.Connection, chunks: Iterable[ChunkRef], pin_id: str | None
@@ -710,16 +713,12 @@ class SqliteMetadataStore(MetadataStore):
     def _select_hashes(self, hashes: Iterable[str], where: str) -> set[str]:
         """The given hashes whose chunk row satisfies `where` (SQL over the ``chunks`` columns)."""
         wanted = sorted({_hash_bytes(chunk_hash) for chunk_hash in hashes})
-        found: set[str] = set()
         with self._read() as conn:
-            for start in range(0, len(wanted), _IN_CLAUSE_BATCH):
-                batch = wanted[start : start + _IN_CLAUSE_BATCH]
-                placeholders = ",".join("?" * len(batch))
-                for (hash_,) in conn.execute(
-                    f"SELECT hash FROM chunks WHERE hash IN ({placeholders}) AND {where}", batch
-                ):
-                    found.add(bytes(hash_).hex())
-        return found
+            return {
+                bytes(hash_).hex()
+                for cursor in _in_batches(conn, f"SELECT hash FROM chunks WHERE hash IN ({{}}) AND {where}", wanted)
+                for (hash_,) in cursor
+            }
 
     def chunks_present(self, hashes: Iterable[str]) -> set[str]:
         """See MetadataStore.chunks_present."""
@@ -814,16 +813,12 @@ class SqliteMetadataStore(MetadataStore):
     def finish_collection(self, hashes: Iterable[str]) -> int:
         """See MetadataStore.finish_collection."""
         wanted = sorted({_hash_bytes(chunk_hash) for chunk_hash in hashes})
-        removed = 0
         with self._write() as conn:
-            for start in range(0, len(wanted), _IN_CLAUSE_BATCH):
-                batch = wanted[start : start + _IN_CLAUSE_BATCH]
-                placeholders = ",".join("?" * len(batch))
-                removed += conn.execute(
-                    f"DELETE FROM chunks WHERE hash IN ({placeholders}) AND state = ? AND refcount = 0",
-                    [*batch, ChunkState.DELETING],
-                ).rowcount
-        return removed
+            return sum(
+                cursor.rowcount
+                for cursor in _in_batches(conn, "DELETE FROM chunks WHERE hash IN ({}) AND state = ? AND refcount = 0",
+                                          wanted, after=[ChunkState.DELETING])
+            )
 
     def gc_counts(self) -> GcCounts:
         """See MetadataStore.gc_counts."""

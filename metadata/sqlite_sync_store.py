@@ -41,12 +41,12 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from metadata.records import ChunkRef, ChunkState, ChunksUnavailable, MetadataError
-from metadata.sqlite_store import (  # private helpers on purpose: see the module docstring import (
-    _IN_CLAUSE_BATCH,
+from metadata.sqlite_store import (  # private helpers on purpose: see the module docstring
     SqliteMetadataStore,
     _decode_chunks,
     _encode_chunks,
     _hash_bytes,
+    _in_batches,
 )
 from metadata.sync_records import (
     MAX_SYNC_CHUNK_SIZE,
@@ -346,29 +346,21 @@ class SqliteSyncStore(SyncStore):
     @staticmethod
     def _namespace_chunks(conn: sqlite3.Connection, namespace_id: int, hashes: Sequence[bytes]) -> set[bytes]:
         """Which of `hashes` the namespace's committed versions hold."""
-        held: set[bytes] = set()
-        for start in range(0, len(hashes), _IN_CLAUSE_BATCH):
-            batch = hashes[start : start + _IN_CLAUSE_BATCH]
-            placeholders = ",".join("?" * len(batch))
-            for (hash_,) in conn.execute(
-                f"SELECT hash FROM sync_namespace_chunks WHERE namespace_id = ? AND hash IN ({placeholders})",
-                [namespace_id, *batch],
-            ):
-                held.add(bytes(hash_))
-        return held
+        return {
+            bytes(hash_)
+            for cursor in _in_batches(conn, "SELECT hash FROM sync_namespace_chunks WHERE namespace_id = ? "
+                                      "AND hash IN ({})", hashes, before=[namespace_id])
+            for (hash_,) in cursor
+        }
 
     @staticmethod
     def _mappings(conn: sqlite3.Connection, hashes: Sequence[bytes]) -> dict[bytes, tuple[ChunkRef, ...]]:
         """Sync chunk hash -> its storage chunks, for the recorded ones among `hashes`."""
-        found: dict[bytes, tuple[ChunkRef, ...]] = {}
-        for start in range(0, len(hashes), _IN_CLAUSE_BATCH):
-            batch = hashes[start : start + _IN_CLAUSE_BATCH]
-            placeholders = ",".join("?" * len(batch))
-            for hash_, storage_chunks in conn.execute(
-                f"SELECT hash, storage_chunks FROM sync_chunks WHERE hash IN ({placeholders})", batch
-            ):
-                found[bytes(hash_)] = _decode_chunks(storage_chunks)
-        return found
+        return {
+            bytes(hash_): _decode_chunks(storage_chunks)
+            for cursor in _in_batches(conn, "SELECT hash, storage_chunks FROM sync_chunks WHERE hash IN ({})", hashes)
+            for hash_, storage_chunks in cursor
+        }
 
     def _session_references(self, conn: sqlite3.Connection, upload_id: str) -> list[ChunkRef]:
         """The storage chunks a session holds: one per storage chunk of each sync chunk it uploaded."""
