@@ -150,6 +150,18 @@ def split_target(raw_target: str) -> tuple[str, list[tuple[str, str]]]:
     return raw_path, query
 
 
+async def send_continue(request: web.Request, request_id: str) -> web.Response | None:
+    """The end of an ``Expect: 100-continue`` hook whose checks passed: send ``100 Continue`` and
+    return None, or, for any other Expect value, a 400 InvalidRequest that closes the connection
+    (the held-back body must not be read as the next request)."""
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        response = error_response(request, errors.InvalidRequest("Unsupported Expect header"), request_id)
+        response.force_close()
+        return response
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    return None
+
+
 def error_response(request: web.Request, error: errors.S3Error, request_id: str) -> web.Response:
     """The S3 error document for ``error`` (no body for HEAD, as S3 answers)."""
     headers = {"x-amz-request-id": request_id}
@@ -248,12 +260,7 @@ class S3Dispatcher:
             response.force_close()
             REQUESTS.labels(operation_name, str(response.status)).inc()
             return response
-        if request.headers.get("Expect", "").lower() != "100-continue":
-            response = error_response(request, errors.InvalidRequest("Unsupported Expect header"), request_id)
-            response.force_close()
-            return response
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        return None
+        return await send_continue(request, request_id)
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         """Answer one S3 request; never raises (errors become S3 error documents)."""

@@ -13,12 +13,13 @@ import contextlib
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import cast
 
 from aiohttp import web
 
 from frontend import object_io
+from frontend.chunk_store import ChunkStore
 from frontend.config import MAX_SINGLE_PUT_BYTES
 from frontend.s3 import checksums, errors, names, xml
 from frontend.s3.context import S3Call, iso8601
@@ -34,7 +35,7 @@ from frontend.s3.object_headers import (
     write_condition,
 )
 from frontend.s3.payload import Payload, read_small_body
-from metadata.store import ObjectRecord
+from metadata.store import ChunkRef, ObjectRecord
 
 log = logging.getLogger("frontend.s3")
 
@@ -200,6 +201,41 @@ class StreamAborted(Exception):
         self.response = response
 
 
+async def stream_content(request: web.Request, chunk_store: ChunkStore, chunks: Sequence[ChunkRef], start: int,
+                         end: int, status: int, headers: dict[str, str], log_fields: dict[str, object]
+                         ) -> web.StreamResponse:
+    """Send bytes ``start..end`` of the content made of ``chunks`` as the body of a ``status``
+    response, stripes read ahead by ``object_io.read_stream_pieces`` and their payload views written
+    as they are (no per-chunk join).
+
+    The first piece is read before the status line, so an unreadable first stripe is a clean error
+    (the caller's exception, e.g. 503). A failure after that aborts the connection and raises
+    StreamAborted: the client sees a short body, never wrong bytes. ``log_fields`` name the content
+    in that warning."""
+    # read_stream_pieces is an async generator: closing it cancels its read-ahead.
+    stream = cast(AsyncGenerator[memoryview, None], object_io.read_stream_pieces(chunk_store, chunks, start, end))
+    async with contextlib.aclosing(stream):
+        first: bytes | memoryview = await anext(stream) if end > start else b""
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = end - start
+        await response.prepare(request)
+        try:
+            if first:
+                await response.write(first)
+            async for piece in stream:
+                await response.write(piece)
+            await response.write_eof()
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.warning("aborting a GET mid-body: a stripe could not be read",
+                        extra={"fields": {**log_fields, "error": repr(exc)}})
+            if request.transport is not None:
+                request.transport.abort()
+            raise StreamAborted(response, repr(exc)) from exc
+    return response
+
+
 def _selection(call: S3Call, record: ObjectRecord, headers: dict[str, str]) -> tuple[int, int, int]:
     """Which bytes a GET/HEAD returns: ``(start, end, status)``, adding Content-Range and part headers.
 
@@ -260,30 +296,8 @@ async def get_object(call: S3Call) -> web.StreamResponse:
                                                  "Last-Modified": headers["Last-Modified"]})
     start, end, status = _selection(call, record, headers)
     headers["x-amz-request-id"] = call.request_id
-    # read_stream is an async generator: closing it cancels its read-ahead.
-    # Payload views of the data fragments go to the socket as they are: no per-chunk join.
-    stream = cast(AsyncGenerator[memoryview, None],
-                  object_io.read_stream_pieces(call.services.chunk_store, record.chunks, start, end))
-    async with contextlib.aclosing(stream):
-        first: bytes | memoryview = await anext(stream) if end > start else b""
-        response = web.StreamResponse(status=status, headers=headers)
-        response.content_length = end - start
-        await response.prepare(call.request)
-        try:
-            if first:
-                await response.write(first)
-            async for piece in stream:
-                await response.write(piece)
-            await response.write_eof()
-        except (ConnectionError, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            log.warning("aborting a GET mid-body: a stripe could not be read", extra={"fields": {
-                "bucket": call.bucket, "key": call.key, "request_id": call.request_id, "error": repr(exc)}})
-            if call.request.transport is not None:
-                call.request.transport.abort()
-            raise StreamAborted(response, repr(exc)) from exc
-    return response
+    return await stream_content(call.request, call.services.chunk_store, record.chunks, start, end, status, headers,
+                                {"bucket": call.bucket, "key": call.key, "request_id": call.request_id})
 
 
 async def head_object(call: S3Call) -> web.StreamResponse:

@@ -17,15 +17,12 @@ Errors are S3 error XML (frontend/s3/errors.py) as for any presigned S3 URL.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import hashlib
 import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncGenerator
-from typing import cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -33,8 +30,8 @@ from prometheus_client import Counter
 
 from frontend import object_io
 from frontend.s3 import errors, sigv4
-from frontend.s3.dispatch import error_response, map_error, split_target
-from frontend.s3.handlers_object import StreamAborted
+from frontend.s3.dispatch import error_response, map_error, send_continue, split_target
+from frontend.s3.handlers_object import StreamAborted, stream_content
 from frontend.s3.payload import Payload
 from frontend.sync.metrics import REQUESTS
 from frontend.sync.services import MAX_SYNC_CHUNK_BYTES, SyncServices
@@ -121,12 +118,7 @@ class ChunkTransfer:
             response = self._error(request, exc, request_id)
             response.force_close()
             return response
-        if request.headers.get("Expect", "").lower() != "100-continue":
-            response = error_response(request, errors.InvalidRequest("Unsupported Expect header"), request_id)
-            response.force_close()
-            return response
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        return None
+        return await send_continue(request, request_id)
 
     def _error(self, request: web.Request, exc: Exception, request_id: str) -> web.Response:
         mapped = _sync_error_to_s3(exc) if isinstance(exc, SyncError) else map_error(exc)
@@ -226,27 +218,7 @@ class ChunkTransfer:
         if request.method == "HEAD":
             headers["Content-Length"] = str(size)
             return web.Response(status=200, headers=headers)
-        stream = cast(AsyncGenerator[memoryview, None],
-                      object_io.read_stream_pieces(self.services.s3.chunk_store, refs, 0, size))
-        async with contextlib.aclosing(stream):
-            # The first piece is read before the status line: an unreadable chunk is a clean 503.
-            first: bytes | memoryview = await anext(stream) if size else b""
-            response = web.StreamResponse(status=200, headers=headers)
-            response.content_length = size
-            await response.prepare(request)
-            try:
-                if first:
-                    await response.write(first)
-                async for piece in stream:
-                    await response.write(piece)
-                await response.write_eof()
-            except (ConnectionError, asyncio.CancelledError):
-                raise
-            except Exception as exc:
-                log.warning("aborting a chunk GET mid-body", extra={"fields": {"chunk": chunk_hash,
-                                                                               "error": repr(exc)}})
-                if request.transport is not None:
-                    request.transport.abort()
-                raise StreamAborted(response, repr(exc)) from exc
+        response = await stream_content(request, self.services.s3.chunk_store, refs, 0, size, 200, headers,
+                                        {"chunk": chunk_hash})
         CHUNK_BYTES.labels("down").inc(size)
         return response
