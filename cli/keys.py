@@ -15,7 +15,8 @@ def metadata_path(data_dir: Path | None, metadata: Path | None) -> Path:
     return (data_dir or Path(".coffer")) / "metadata.sqlite3"
 
 
-def _check_exists(path: Path) -> bool:
+def check_exists(path: Path) -> bool:
+    """True if the metadata store at ``path`` exists; else say how to get one (stderr) and False."""
     if path.exists():
         return True
     print(f"no metadata store at {path}: start a cluster first (`coffer dev up --data DIR`) or point "
@@ -27,7 +28,7 @@ def create(path: Path, owner: str, as_json: bool) -> int:
     """Create an access key for ``owner`` in the SQLite store at ``path``; print id and secret."""
     from metadata.sqlite_store import SqliteMetadataStore
 
-    if not _check_exists(path):
+    if not check_exists(path):
         return 1
     with SqliteMetadataStore(path) as store:
         key = store.create_access_key(owner)
@@ -43,7 +44,7 @@ def list_keys(path: Path, as_json: bool) -> int:
     """Print every access key in the store at ``path`` (id, owner, creation time; no secrets)."""
     from metadata.sqlite_store import SqliteMetadataStore
 
-    if not _check_exists(path):
+    if not check_exists(path):
         return 1
     with SqliteMetadataStore(path) as store:
         keys = store.list_access_keys()

@@ -8,16 +8,17 @@ directly (the dev cluster's by default), like `coffer keys`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli.keys import metadata_path
+from cli.keys import check_exists, metadata_path
 
 if TYPE_CHECKING:
-    from metadata.sqlite_store import SqliteMetadataStore
     from metadata.sqlite_sync_store import SqliteSyncStore
 
 __all__ = ["create_token", "create_user", "list_tokens", "list_users", "metadata_path", "revoke_token"]
@@ -29,35 +30,29 @@ def _when(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _open(path: Path) -> tuple[SqliteMetadataStore, SqliteSyncStore] | None:
-    """(metadata store, sync store) on ``path``; None (after saying what to do) if there is no file."""
+@contextlib.contextmanager
+def _sync_store(path: Path) -> Iterator[SqliteSyncStore]:
+    """The sync store on the metadata file at ``path`` (which must exist), closed afterwards."""
     from metadata.sqlite_store import SqliteMetadataStore
     from metadata.sqlite_sync_store import SqliteSyncStore
 
-    if not path.exists():
-        print(f"no metadata store at {path}: start a cluster first (`coffer dev up --data DIR`) or point "
-              "at the frontend's store with --metadata PATH", file=sys.stderr)
-        return None
-    metadata = SqliteMetadataStore(path)
-    return metadata, SqliteSyncStore(metadata)
+    with SqliteMetadataStore(path) as metadata:
+        yield SqliteSyncStore(metadata)
 
 
 def create_user(path: Path, name: str, as_json: bool) -> int:
     """Create sync user ``name`` (and its namespace) in the store at ``path``; exit status."""
     from metadata.sync_records import SyncError
 
-    opened = _open(path)
-    if opened is None:
+    if not check_exists(path):
         return 1
-    metadata, store = opened
     try:
-        user = store.create_user(name)
-        namespace_id = store.namespace_of(name)
+        with _sync_store(path) as store:
+            user = store.create_user(name)
+            namespace_id = store.namespace_of(name)
     except SyncError as error:
         print(f"coffer: {error}", file=sys.stderr)
         return 1
-    finally:
-        metadata.close()
     if as_json:
         print(json.dumps({"user": user.name, "user_id": user.user_id, "namespace_id": namespace_id}))
     else:
@@ -68,14 +63,10 @@ def create_user(path: Path, name: str, as_json: bool) -> int:
 
 def list_users(path: Path, as_json: bool) -> int:
     """Print every sync user; exit status."""
-    opened = _open(path)
-    if opened is None:
+    if not check_exists(path):
         return 1
-    metadata, store = opened
-    try:
+    with _sync_store(path) as store:
         users = store.list_users()
-    finally:
-        metadata.close()
     if as_json:
         print(json.dumps([{"user": user.name, "user_id": user.user_id, "created": user.created}
                           for user in users]))
@@ -89,17 +80,14 @@ def create_token(path: Path, user: str, device: str, as_json: bool) -> int:
     """Create a device token for ``user``; print it once; exit status."""
     from metadata.sync_records import SyncError
 
-    opened = _open(path)
-    if opened is None:
+    if not check_exists(path):
         return 1
-    metadata, store = opened
     try:
-        record, token = store.create_device(user, device)
+        with _sync_store(path) as store:
+            record, token = store.create_device(user, device)
     except SyncError as error:
         print(f"coffer: {error} (create the user first: coffer user create {user})", file=sys.stderr)
         return 1
-    finally:
-        metadata.close()
     if as_json:
         print(json.dumps({"token": token, "device": record.name, "device_id": record.device_id,
                           "user": record.user_name, "namespace_id": record.namespace_id}))
@@ -111,14 +99,10 @@ def create_token(path: Path, user: str, device: str, as_json: bool) -> int:
 
 def list_tokens(path: Path, user: str | None, as_json: bool) -> int:
     """Print the devices (tokens) of ``user`` or of everyone, never the token text; exit status."""
-    opened = _open(path)
-    if opened is None:
+    if not check_exists(path):
         return 1
-    metadata, store = opened
-    try:
+    with _sync_store(path) as store:
         devices = store.list_devices(user)
-    finally:
-        metadata.close()
     rows = [{"device_id": device.device_id, "user": device.user_name, "device": device.name,
              "created": device.created, "revoked": device.revoked} for device in devices]
     if as_json:
@@ -132,14 +116,10 @@ def list_tokens(path: Path, user: str | None, as_json: bool) -> int:
 
 def revoke_token(path: Path, device_id: int) -> int:
     """Revoke one device's token (its requests get 401 from then on); exit status."""
-    opened = _open(path)
-    if opened is None:
+    if not check_exists(path):
         return 1
-    metadata, store = opened
-    try:
+    with _sync_store(path) as store:
         revoked = store.revoke_device(device_id)
-    finally:
-        metadata.close()
     if not revoked:
         print(f"coffer: no device {device_id} (see `coffer token list`)", file=sys.stderr)
         return 1
