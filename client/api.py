@@ -324,7 +324,7 @@ class SyncApi:
         (and the length `expected_size` if given), else ChunkHashMismatch. Returns its bytes."""
         _, _, body = await self._send("GET", URL(url, encoded=True))
         self.chunk_bytes_received += len(body)
-        actual = hashlib.sha256(body).hexdigest()
+        actual = (await asyncio.to_thread(hashlib.sha256, body)).hexdigest()  # off the event loop
         if actual != expected_hash or (expected_size is not None and len(body) != expected_size):
             raise ChunkHashMismatch(expected_hash, actual, len(body))
         return body

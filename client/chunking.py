@@ -199,11 +199,13 @@ def chunk_sizes_valid(chunks: Sequence[FileChunk], settings: ChunkerSettings) ->
     return True
 
 
-def read_chunk(path: str | os.PathLike[str], offset: int, size: int, expected_hash: str) -> bytes | None:
+def read_chunk(path: str | os.PathLike[str], offset: int, size: int, expected_hash: str) -> bytearray | None:
     """The `size` bytes at `offset` of the file at `path` if their SHA-256 hex is `expected_hash`.
 
-    For chunk reuse: a download copies a chunk from a local file (`LocalIndex.find_chunk`) instead
-    of fetching it. Returns None if the file is gone, shorter, or changed (hash differs). Blocking.
+    For uploads (a chunk is re-read and re-checked just before it is sent, so a file changed since
+    the scan is never sent torn) and chunk reuse (a download copies a chunk from a local file,
+    `LocalIndex.find_chunk`, instead of fetching it). Returns None if the file is gone, shorter, or
+    changed (hash differs). Blocking: call it in a thread.
     """
     buffer = bytearray(size)
     try:
@@ -221,4 +223,4 @@ def read_chunk(path: str | os.PathLike[str], offset: int, size: int, expected_ha
         return None
     if hashlib.sha256(buffer).hexdigest() != expected_hash:
         return None
-    return bytes(buffer)
+    return buffer  # the buffer itself: a 16 MiB chunk is not copied again

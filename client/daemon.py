@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import random
@@ -129,15 +128,6 @@ def _fsync_directory(path: Path) -> None:
 def _same_stat(stat: os.stat_result, record: BaseRecord | LocalEntry | None) -> bool:
     return (record is not None and record.size == stat.st_size and record.mtime_ns == stat.st_mtime_ns
             and record.inode == stat.st_ino)
-
-
-def _read_exact(path: Path, offset: int, size: int) -> bytes:
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        data = handle.read(size)
-    if len(data) != size:
-        raise FolderChanged(f"{path} is shorter than when it was scanned")
-    return data
 
 
 class SyncDaemon:
@@ -570,8 +560,8 @@ class SyncDaemon:
         async def send(item: dict[str, Any]) -> None:
             chunk = by_hash[item["hash"]]
             async with self._chunk_slots:
-                data = await asyncio.to_thread(_read_exact, local_path, chunk.offset, chunk.size)
-                if hashlib.sha256(data).hexdigest() != chunk.hash:
+                data = await asyncio.to_thread(read_chunk, local_path, chunk.offset, chunk.size, chunk.hash)
+                if data is None:
                     raise FolderChanged(f"{path} changed since it was scanned")
                 await self.api.upload_chunk(item["url"], memoryview(data))
                 await self.api.mark_chunk(upload_id, chunk.hash)
@@ -674,7 +664,7 @@ class SyncDaemon:
         try:
             async def fetch(chunk: FileChunk, url: str) -> None:
                 async with self._chunk_slots:
-                    data = await self._local_chunk(chunk)
+                    data: bytes | bytearray | None = await self._local_chunk(chunk)
                     if data is not None:
                         self.status.bytes_reused += chunk.size
                     else:
@@ -722,17 +712,16 @@ class SyncDaemon:
         if not stat_module.S_ISREG(stat.st_mode) or await self._current_digest(path, stat, base) != expected:
             raise FolderChanged(f"{path} was changed locally meanwhile; not overwriting it")
 
-    async def _local_chunk(self, chunk: FileChunk) -> bytes | None:
+    async def _local_chunk(self, chunk: FileChunk) -> bytearray | None:
         """The chunk's bytes from a synced local file if one still holds them (SHA-256 checked)."""
         location = await asyncio.to_thread(self._index().find_chunk, chunk.hash)
         if location is None or location.size != chunk.size:
             return None
         try:
-            data = await asyncio.to_thread(_read_exact, self._local_path(location.path), location.offset,
-                                           location.size)
-        except (OSError, FolderChanged):
-            return None
-        return data if hashlib.sha256(data).hexdigest() == chunk.hash else None
+            return await asyncio.to_thread(read_chunk, self._local_path(location.path), location.offset,
+                                           location.size, chunk.hash)
+        except OSError:
+            return None  # unreadable: download it instead
 
     async def _delete_local(self, action: DeleteLocal, base: BaseRecord | None) -> None:
         target = self._local_path(action.path)
