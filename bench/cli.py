@@ -27,7 +27,7 @@ from bench.progress import Progress
 from bench.report import format_compare, format_results, load_results, results_line, results_to_json
 from bench.s3bench import CHECKSUM_MODES, Endpoint, OpsSpec, plan_cases, run_benchmark
 from bench.server_cpu import ServerCpuMeter
-from bench.units import format_size, parse_int_list, parse_size, parse_size_list
+from common.units import format_size, parse_int_list, parse_size, parse_size_list
 
 DEFAULT_DATA_DIR = ".coffer"
 DEFAULT_SIZES = "4KiB,1MiB,256MiB"

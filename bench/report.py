@@ -21,7 +21,7 @@ from typing import Any
 from bench.ceilings import Ceilings
 from bench.s3bench import BenchResult, CaseResult, PhaseRun
 from bench.stats import percentile
-from bench.units import format_size
+from common.units import format_size
 
 SCHEMA = "coffer-bench/1"
 RESULTS_PREFIX = "RESULTS_JSON "

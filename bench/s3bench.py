@@ -36,7 +36,7 @@ from botocore.config import Config
 
 from bench.progress import Progress
 from bench.server_cpu import ServerCpuMeter
-from bench.units import format_size, parse_size
+from common.units import format_size, parse_size
 
 READ_PIECE_BYTES = 1024 * 1024
 DELETE_THREADS = 8

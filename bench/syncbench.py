@@ -61,9 +61,9 @@ from typing import Any
 from bench.progress import Progress
 from bench.report import RESULTS_PREFIX, format_table
 from bench.stats import percentile
-from bench.units import format_size, parse_size, parse_size_list
 from client.chunking import ChunkerSettings, FileChunk, chunk_file
 from client.status import read_status
+from common.units import format_size, parse_size, parse_size_list
 
 SCHEMA = "coffer-bench-sync/1"
 DEFAULT_DATA_DIR = ".coffer"

@@ -30,19 +30,11 @@ from typing import Any
 from client.chunking import ChunkerSettings
 from client.status import STATE_DIRECTORY, SyncStatus, read_status
 from common.logs import setup_logging
+from common.units import parse_size
 
 CONFIG_FILE = "config.json"
 _SETTING_KEYS = ("server", "token", "min_chunk", "avg_chunk", "max_chunk", "rescan_interval", "poll_wait",
                  "parallel_transfers", "parallel_files")
-
-
-def _size(text: str) -> int:
-    units = {"KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "K": 1024, "M": 1024**2, "G": 1024**3}
-    upper = text.strip().upper()
-    for unit, factor in units.items():
-        if upper.endswith(unit):
-            return int(float(upper[: -len(unit)]) * factor)
-    return int(upper)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="a TOML file with settings: server, token, min_chunk, "
                         "avg_chunk, max_chunk (bytes), rescan_interval, poll_wait (seconds), parallel_transfers, "
                         "parallel_files")
-    parser.add_argument("--min-chunk", type=_size, help="FastCDC minimum chunk size (default 1MiB)")
-    parser.add_argument("--avg-chunk", type=_size, help="FastCDC average chunk size (default 4MiB)")
-    parser.add_argument("--max-chunk", type=_size, help="FastCDC maximum chunk size (default 16MiB)")
+    parser.add_argument("--min-chunk", type=parse_size, help="FastCDC minimum chunk size (default 1MiB)")
+    parser.add_argument("--avg-chunk", type=parse_size, help="FastCDC average chunk size (default 4MiB)")
+    parser.add_argument("--max-chunk", type=parse_size, help="FastCDC maximum chunk size (default 16MiB)")
     parser.add_argument("--rescan-interval", type=float, help="seconds between full rescans (default 60)")
     parser.add_argument("--poll-wait", type=float, help="long-poll seconds (default 30)")
     parser.add_argument("--parallel-transfers", type=int, help="chunk transfers in flight (default 4)")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench.units import format_size, parse_int_list, parse_size, parse_size_list
+from common.units import format_size, parse_int_list, parse_size, parse_size_list
 
 
 @pytest.mark.parametrize(
