@@ -9,40 +9,7 @@ import pytest
 
 from placement.cluster_map import ClusterMap, NodeState
 from placement.rendezvous import compute_placement, rule_status
-from placement.service import next_cluster_map
-from proto import cluster_pb2
-
-T0 = 1_700_000_000.0
-PG_COUNT = 64
-
-
-def registration(index: int, zone: str | None = None) -> cluster_pb2.NodeRegistration:
-    return cluster_pb2.NodeRegistration(
-        format_version=1, node_id=f"node-{index:02d}", address=f"127.0.0.1:{7000 + index}",
-        failure_domain=cluster_pb2.FailureDomain(zone=zone or f"z{index}", rack=f"r{index}", host=f"h{index}"),
-        capacity_bytes=10**12,
-    )
-
-
-def registrations(count: int) -> dict[str, cluster_pb2.NodeRegistration]:
-    return {f"node-{i:02d}": registration(i) for i in range(count)}
-
-
-def step(current: ClusterMap | None, regs: dict[str, cluster_pb2.NodeRegistration], now: float,
-         drains: frozenset[str] = frozenset()) -> ClusterMap | None:
-    return next_cluster_map(current, regs, now, pg_count=PG_COUNT, down_out_interval=600.0, min_nodes=14,
-                            drains=drains)
-
-
-def first_map(count: int) -> ClusterMap:
-    cluster_map = step(None, registrations(count), T0)
-    assert cluster_map is not None
-    return cluster_map
-
-
-def positions_of(cluster_map: ClusterMap, node_id: str) -> set[tuple[int, int]]:
-    return {(pg, position) for pg, acting in enumerate(cluster_map.acting_sets)
-            for position, member in enumerate(acting) if member == node_id}
+from tests.unit.placement.map_helpers import PG_COUNT, T0, first_map, positions_of, registrations, step
 
 
 def test_draining_node_gets_no_positions_and_only_its_positions_move() -> None:

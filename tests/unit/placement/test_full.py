@@ -10,40 +10,9 @@ import logging
 import pytest
 
 from placement.cluster_map import ClusterMap, NodeState
-from placement.service import next_cluster_map, placement_view
+from placement.service import placement_view
 from proto import cluster_pb2
-
-T0 = 1_700_000_000.0
-PG_COUNT = 64
-
-
-def registration(index: int, full: bool = False) -> cluster_pb2.NodeRegistration:
-    return cluster_pb2.NodeRegistration(
-        format_version=1, node_id=f"node-{index:02d}", address=f"127.0.0.1:{7000 + index}",
-        failure_domain=cluster_pb2.FailureDomain(zone=f"z{index}", rack=f"r{index}", host=f"h{index}"),
-        capacity_bytes=10**12, full=full,
-    )
-
-
-def registrations(count: int, full: frozenset[str] = frozenset()) -> dict[str, cluster_pb2.NodeRegistration]:
-    return {f"node-{i:02d}": registration(i, f"node-{i:02d}" in full) for i in range(count)}
-
-
-def step(current: ClusterMap | None, regs: dict[str, cluster_pb2.NodeRegistration], now: float,
-         drains: frozenset[str] = frozenset()) -> ClusterMap | None:
-    return next_cluster_map(current, regs, now, pg_count=PG_COUNT, down_out_interval=600.0, min_nodes=14,
-                            drains=drains)
-
-
-def first_map(count: int) -> ClusterMap:
-    cluster_map = step(None, registrations(count), T0)
-    assert cluster_map is not None
-    return cluster_map
-
-
-def positions_of(cluster_map: ClusterMap, node_id: str) -> set[tuple[int, int]]:
-    return {(pg, position) for pg, acting in enumerate(cluster_map.acting_sets)
-            for position, member in enumerate(acting) if member == node_id}
+from tests.unit.placement.map_helpers import PG_COUNT, T0, first_map, positions_of, registration, registrations, step
 
 
 def test_full_node_gets_no_positions_and_new_holders_copy_from_it() -> None:
