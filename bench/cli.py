@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from bench.ceilings import measure_ceilings
 from bench.progress import Progress
-from bench.report import format_compare, format_results, load_results, results_line, results_to_json
+from bench.report import format_compare, format_results, load_results, results_line, results_to_json, save_results
 from bench.s3bench import CHECKSUM_MODES, Endpoint, OpsSpec, plan_cases, run_benchmark
 from bench.server_cpu import ServerCpuMeter
 from common.units import format_size, parse_int_list, parse_size, parse_size_list
@@ -249,9 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     document = results_to_json(result, ceilings, args.label or target.label, settings)
     if args.json_path:
-        with open(args.json_path, "w", encoding="utf-8") as json_file:
-            json.dump(document, json_file, indent=2)
-            json_file.write("\n")
+        save_results(document, args.json_path)
     print(format_results(document))
     print(results_line(document))
     return 1 if result.error else 0

@@ -154,6 +154,13 @@ def results_line(document: Mapping[str, Any]) -> str:
     return RESULTS_PREFIX + json.dumps(document, separators=(",", ":"), sort_keys=False)
 
 
+def save_results(document: Mapping[str, Any], path: str) -> None:
+    """Write ``document`` to ``path`` as indented JSON (``--json FILE``). Raises OSError."""
+    with open(path, "w", encoding="utf-8") as json_file:
+        json.dump(document, json_file, indent=2)
+        json_file.write("\n")
+
+
 def load_results(path: str) -> dict[str, Any]:
     """Read a saved result: a JSON file, or a log whose ``RESULTS_JSON`` line holds it.
 

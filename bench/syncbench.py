@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.progress import Progress
-from bench.report import RESULTS_PREFIX, format_table
+from bench.report import format_table, results_line, save_results
 from bench.stats import percentile
 from client.chunking import ChunkerSettings, FileChunk, chunk_file
 from client.status import read_status
@@ -267,11 +267,6 @@ def format_results(document: Mapping[str, Any]) -> str:
     if document.get("error"):
         lines.extend(["", f"FAILED: {document['error']}"])
     return "\n".join(lines)
-
-
-def results_line(document: Mapping[str, Any]) -> str:
-    """``RESULTS_JSON {...}`` (compact JSON, no newline), as ``coffer bench`` prints it."""
-    return RESULTS_PREFIX + json.dumps(document, separators=(",", ":"))
 
 
 def new_chunk_bytes(old: Sequence[FileChunk], new: Sequence[FileChunk]) -> tuple[int, int]:
@@ -703,9 +698,7 @@ def main(argv: list[str] | None = None) -> int:
                 "poll_interval_seconds": POLL_INTERVAL_SECONDS}
     document = results_to_json(result, args.label or "coffer", settings)
     if args.json_path:
-        with open(args.json_path, "w", encoding="utf-8") as json_file:
-            json.dump(document, json_file, indent=2)
-            json_file.write("\n")
+        save_results(document, args.json_path)
     print(format_results(document))
     print(results_line(document))
     return 1 if result.error else 0
