@@ -26,11 +26,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import zlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from awscrt import checksums as crt
+from isal import isal_zlib
 
 from frontend.s3.errors import InvalidDigest, InvalidRequest
 
@@ -55,8 +55,10 @@ DIGEST_SIZE: dict[str, int] = {"CRC32": 4, "CRC32C": 4, "CRC64NVME": 8, "SHA1": 
                                "MD5": 16}
 
 _CRC_FUNCTIONS: dict[str, Callable[[Any, int], int]] = {
-    # zlib's CRC32 (the same polynomial and values) is ~1.4x faster than awscrt's on these machines.
-    "CRC32": zlib.crc32,
+    # The CRC32 boto3 and the aws CLI send by default: ISA-L's (python-isal; the same polynomial and
+    # values as zlib's) runs at ~17 GB/s here against ~3.3 for zlib's and ~2.7 for awscrt's, and
+    # releases the GIL, so a 1 GB body costs ~0.06 CPU-s instead of ~0.3.
+    "CRC32": isal_zlib.crc32,
     "CRC32C": crt.crc32c,
     "CRC64NVME": crt.crc64nvme,
 }
@@ -85,7 +87,7 @@ class Hasher(Protocol):
 
 
 class _CrcHasher:
-    """A CRC fed incrementally through awscrt (releases no GIL for tiny inputs, fine for bodies)."""
+    """A CRC fed incrementally (ISA-L for CRC32, awscrt for CRC32C and CRC64NVME)."""
 
     def __init__(self, algorithm: str) -> None:
         self._function = _CRC_FUNCTIONS[algorithm]
