@@ -13,6 +13,12 @@ pyeclib holds the GIL while it codes, so ``ErasureCoder`` runs it in worker proc
 4 MiB chunk to a worker and 14 fragments back through pickle over pipes cost ~18 ms per chunk on
 this machine against ~0.6 ms for the encode itself, so chunks and fragments travel through
 ``multiprocessing.shared_memory`` slots instead and only offsets cross the pipe.
+
+The slots are POSIX shared-memory segments named ``coffer-ec-<owner pid>-<random>``. A frontend
+stopped normally unlinks them; one killed with its process group (SIGKILL takes Python's resource
+tracker too) cannot, and its segments would hold their memory until reboot. So every new
+``ErasureCoder`` first removes the segments whose owner process is gone
+(``remove_orphaned_segments``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import collections
 import contextlib
 import logging
 import multiprocessing
+import os
+import secrets
 import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -47,6 +55,11 @@ logger = logging.getLogger(__name__)
 #: Chunks up to this size are coded in the calling thread: a process hop (~0.2 ms) costs more
 #: than coding them (a few microseconds), and holding the GIL that briefly does not stall the loop.
 INLINE_MAX_BYTES = 64 * 1024
+
+#: Name prefix of the coder's shared-memory segments; the owner's pid follows it.
+SEGMENT_PREFIX = "coffer-ec-"
+#: Where Linux shows POSIX shared-memory segments as files.
+SHARED_MEMORY_DIRECTORY = "/dev/shm"
 
 
 # The pure coding helpers live in common.erasure_code (storage nodes rebuild fragments with them
@@ -142,6 +155,46 @@ class _Slot:
     area: int
 
 
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_orphaned_segments(directory: str = SHARED_MEMORY_DIRECTORY) -> int:
+    """Unlink the coder segments (``SEGMENT_PREFIX`` + pid) in ``directory`` whose owner process no
+    longer exists; return how many were removed. Segments of live processes are never touched (a
+    pid reused by another process only delays the removal). Returns 0 where ``directory`` does not
+    exist (no POSIX shared-memory filesystem)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    for name in names:
+        owner = name.removeprefix(SEGMENT_PREFIX).split("-", 1)[0]
+        if not name.startswith(SEGMENT_PREFIX) or not owner.isdigit() or _process_exists(int(owner)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, name))
+            removed += 1
+    return removed
+
+
+def _new_segment(size: int) -> SharedMemory:
+    """A fresh segment of ``size`` bytes named ``SEGMENT_PREFIX<pid>-<random>``."""
+    while True:
+        name = f"{SEGMENT_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+        try:
+            return SharedMemory(name=name, create=True, size=size)
+        except FileExistsError:  # 64 random bits collided: pick another name
+            continue
+
+
 def _release_segments(segments: list[SharedMemory]) -> None:
     for shm in segments:
         # A view still referenced somewhere keeps the mapping until it goes; unlink regardless.
@@ -168,10 +221,14 @@ class ErasureCoder:
         if workers < 1 or chunk_buffers < 0:
             raise ValueError("workers must be at least 1 and chunk_buffers not negative")
         tune_malloc()
+        removed = remove_orphaned_segments()
+        if removed:
+            logger.info("removed shared memory left by erasure coders that died",
+                        extra={"fields": {"segments": removed}})
         self.max_chunk_size = max_chunk_size
         fragment_length = fragment_bytes(max_chunk_size)
         area = max(max_chunk_size, STRIPE_WIDTH * fragment_length)
-        self._segments = [SharedMemory(create=True, size=2 * area) for _ in range(2 * workers + chunk_buffers)]
+        self._segments = [_new_segment(2 * area) for _ in range(2 * workers + chunk_buffers)]
         slots = [_Slot(shm, area) for shm in self._segments]
         self._free: list[_Slot] = slots[: 2 * workers]
         # Slots lent to callers that assemble a chunk in place (never waited for: see try_chunk_buffer).
@@ -408,10 +465,12 @@ class ErasureCoder:
 
 __all__ = [
     "INLINE_MAX_BYTES",
+    "SEGMENT_PREFIX",
     "ChunkBuffer",
     "ErasureCoder",
     "data_fragment_payload_range",
     "fragment_bytes",
     "fragment_header_bytes",
     "fragment_payload_bytes",
+    "remove_orphaned_segments",
 ]

@@ -8,6 +8,8 @@ import itertools
 import os
 import random
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 
@@ -18,11 +20,14 @@ from hypothesis import strategies as st
 from common.layout import CHUNK_SIZE, DATA_FRAGMENTS, STRIPE_WIDTH
 from frontend.erasure import (
     INLINE_MAX_BYTES,
+    SEGMENT_PREFIX,
+    SHARED_MEMORY_DIRECTORY,
     ErasureCoder,
     data_fragment_payload_range,
     fragment_bytes,
     fragment_header_bytes,
     fragment_payload_bytes,
+    remove_orphaned_segments,
 )
 
 
@@ -208,3 +213,38 @@ def test_a_dead_worker_is_replaced() -> None:
         else:
             pytest.fail("the coder never recovered from a dead worker")
         assert asyncio.run(erasure_coder.decode(dict(enumerate(first)), len(chunk))) == chunk
+
+
+def _segments_of(pid: int) -> set[str]:
+    return {name for name in os.listdir(SHARED_MEMORY_DIRECTORY) if name.startswith(f"{SEGMENT_PREFIX}{pid}-")}
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_MEMORY_DIRECTORY), reason="no POSIX shared-memory directory")
+def test_segments_of_a_killed_coder_are_removed_by_the_next_one(coder: ErasureCoder) -> None:
+    # A frontend killed with its process group (its resource tracker dies too) cannot unlink its
+    # segments; the next coder started on the machine removes them, and only them.
+    program = (
+        "import time\n"
+        "from frontend.erasure import ErasureCoder\n"
+        "coder = ErasureCoder(workers=1, chunk_buffers=1)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        left_behind = _segments_of(process.pid)
+        assert len(left_behind) == 3  # 2 slots per worker + 1 chunk buffer
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()  # reaped: its pid no longer names a process
+    assert _segments_of(process.pid) == left_behind  # nothing unlinked them
+    ours = _segments_of(os.getpid())
+    assert ours  # the module's coder, alive
+    with ErasureCoder(workers=1, chunk_buffers=0):
+        assert _segments_of(process.pid) == set()
+        assert _segments_of(os.getpid()) >= ours
+    assert remove_orphaned_segments() == 0
+    assert _segments_of(os.getpid()) == ours  # the closed coder unlinked its own
