@@ -168,8 +168,9 @@ def _process_exists(pid: int) -> bool:
 def remove_orphaned_segments(directory: str = SHARED_MEMORY_DIRECTORY) -> int:
     """Unlink the coder segments (``SEGMENT_PREFIX`` + pid) in ``directory`` whose owner process no
     longer exists; return how many were removed. Segments of live processes are never touched (a
-    pid reused by another process only delays the removal). Returns 0 where ``directory`` does not
-    exist (no POSIX shared-memory filesystem)."""
+    pid reused by another process only delays the removal). Pids are read in this process's PID
+    namespace, so ``directory`` must not be shared with another one (containers get their own
+    ``/dev/shm``). Returns 0 where ``directory`` does not exist (no POSIX shared-memory filesystem)."""
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
