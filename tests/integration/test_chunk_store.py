@@ -431,7 +431,8 @@ def _flip_a_byte_on_disk(volume: Path, chunk_hash: bytes, index: int) -> None:
     from storagenode.engine import HEADERS_COLUMN_FAMILY, _headers_options, _volume_options, fragment_key
 
     pg = placement_group(chunk_hash, PG_COUNT)
-    db = Rdict(str(volume), _volume_options(), column_families={HEADERS_COLUMN_FAMILY: _headers_options()})
+    db = Rdict(str(volume), _volume_options(direct_io=False),
+               column_families={HEADERS_COLUMN_FAMILY: _headers_options()})
     try:
         key = fragment_key(chunk_hash, index, pg)
         stored = db.get(key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from storagenode.engine import (
     FragmentEngine,
     FragmentWrite,
     fragment_key,
+    supports_direct_io,
 )
 from storagenode.errors import FragmentCorrupt, FragmentNotFound, InvalidFragment, StorageError, StorageFull
 
@@ -325,3 +327,65 @@ def test_free_space_reserve_counts_bytes_written_since_the_last_disk_check(volum
             engine.put(chunk_hash_for(3), 0, 0, data, crc32c(data), 1)
     finally:
         engine.close()
+
+
+def _wal_bytes_in_page_cache(volume: str) -> int:
+    """Bytes of ``volume``'s WAL files resident in the page cache, as util-linux's fincore says."""
+    wal_files = [str(path) for path in Path(volume).glob("*.log")]
+    assert wal_files, "RocksDB wrote no WAL file"
+    output = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", *wal_files],
+                            check=True, capture_output=True, text=True).stdout
+    return sum(int(line) for line in output.split())
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux's fincore")
+@pytest.mark.parametrize("drop_every", [0, 1])
+def test_synced_wal_pages_leave_the_page_cache_unless_dropping_is_off(tmp_path: Path, drop_every: int) -> None:
+    volume = str(tmp_path / "volume")
+    engine = FragmentEngine([volume], min_free_bytes=0, wal_cache_drop_bytes=drop_every)
+    try:
+        written = 0
+        for seed in range(8):
+            data = fragment(seed, 420_000)
+            engine.put(chunk_hash_for(seed), 0, 1, data, crc32c(data), 4_194_304)
+            written += len(data)
+        resident = _wal_bytes_in_page_cache(volume)
+        # The fragments are still readable: dropping cached pages never drops data.
+        assert engine.get(chunk_hash_for(7), 0, 1).data == fragment(7, 420_000)
+    finally:
+        engine.close()
+    if drop_every:
+        assert resident < 64 * 1024
+    else:
+        assert resident >= written
+
+
+def _blob_bytes_in_page_cache(volume: str) -> int:
+    blob_files = [str(path) for path in Path(volume).glob("*.blob")]
+    assert blob_files, "the flush wrote no blob file"
+    output = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", *blob_files],
+                            check=True, capture_output=True, text=True).stdout
+    return sum(int(line) for line in output.split())
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux's fincore")
+@pytest.mark.parametrize("direct_io", [True, False])
+def test_flushed_and_read_fragment_data_stays_out_of_the_page_cache_with_direct_io(
+    tmp_path: Path, direct_io: bool
+) -> None:
+    volume = str(tmp_path / "volume")
+    if direct_io and not supports_direct_io(str(tmp_path)):
+        pytest.skip("the temporary directory's filesystem has no O_DIRECT")
+    engine = FragmentEngine([volume], min_free_bytes=0, direct_io=direct_io)
+    try:
+        data = fragment(1, 420_000)
+        engine.put(chunk_hash_for(1), 0, 1, data, crc32c(data), 4_194_304)
+        engine.flush()
+        assert engine.get(chunk_hash_for(1), 0, 1).data == data  # read from the blob file now
+        resident = _blob_bytes_in_page_cache(volume)
+    finally:
+        engine.close()
+    if direct_io:
+        assert resident == 0
+    else:
+        assert resident >= len(data)
