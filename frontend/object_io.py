@@ -55,8 +55,10 @@ PUT_WAITS = Counter("coffer_gc_put_waits_total",
 
 #: Chunks fetched ahead of the one being sent by ``read_stream`` (the one being sent included).
 #: The window is refilled once half of it is consumed, with its fetches started together, so
-#: each node gets the fragments of several chunks as one batch.
-READ_AHEAD_CHUNKS = 4
+#: each node gets the fragments of several chunks as one batch. 8 (32 MiB of 4 MiB chunks in flight
+#: per GET) against 4: 256 MiB GETs 370-435 MB/s instead of 340-385, node CPU per GB -20% (bigger
+#: batches); 16 gained nothing more.
+READ_AHEAD_CHUNKS = 8
 
 
 class Hasher(Protocol):
