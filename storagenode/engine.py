@@ -256,8 +256,8 @@ class _Volume:
                     finally:
                         os.close(descriptor)
         except OSError as exc:
-            logger.warning("cannot drop WAL pages from the page cache", extra={"fields": {"volume": self.path,
-                                                                                     "error": str(exc)}})
+            logger.warning("cannot drop WAL pages from the page cache",
+                           extra={"fields": {"volume": self.path, "error": str(exc)}})
 
     def close(self) -> None:
         # rocksdict keeps the database LOCK while any column-family object is alive: drop them first.
