@@ -329,11 +329,12 @@ def test_free_space_reserve_counts_bytes_written_since_the_last_disk_check(volum
         engine.close()
 
 
-def _wal_bytes_in_page_cache(volume: str) -> int:
-    """Bytes of ``volume``'s WAL files resident in the page cache, as util-linux's fincore says."""
-    wal_files = [str(path) for path in Path(volume).glob("*.log")]
-    assert wal_files, "RocksDB wrote no WAL file"
-    output = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", *wal_files],
+def _bytes_in_page_cache(volume: str, pattern: str) -> int:
+    """Bytes of ``volume``'s files matching ``pattern`` resident in the page cache, as util-linux's
+    fincore says."""
+    files = [str(path) for path in Path(volume).glob(pattern)]
+    assert files, f"RocksDB wrote no {pattern} file"
+    output = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", *files],
                             check=True, capture_output=True, text=True).stdout
     return sum(int(line) for line in output.split())
 
@@ -349,7 +350,7 @@ def test_synced_wal_pages_leave_the_page_cache_unless_dropping_is_off(tmp_path: 
             data = fragment(seed, 420_000)
             engine.put(chunk_hash_for(seed), 0, 1, data, crc32c(data), 4_194_304)
             written += len(data)
-        resident = _wal_bytes_in_page_cache(volume)
+        resident = _bytes_in_page_cache(volume, "*.log")
         # The fragments are still readable: dropping cached pages never drops data.
         assert engine.get(chunk_hash_for(7), 0, 1).data == fragment(7, 420_000)
     finally:
@@ -358,14 +359,6 @@ def test_synced_wal_pages_leave_the_page_cache_unless_dropping_is_off(tmp_path: 
         assert resident < 64 * 1024
     else:
         assert resident >= written
-
-
-def _blob_bytes_in_page_cache(volume: str) -> int:
-    blob_files = [str(path) for path in Path(volume).glob("*.blob")]
-    assert blob_files, "the flush wrote no blob file"
-    output = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", *blob_files],
-                            check=True, capture_output=True, text=True).stdout
-    return sum(int(line) for line in output.split())
 
 
 @pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux's fincore")
@@ -382,7 +375,7 @@ def test_flushed_and_read_fragment_data_stays_out_of_the_page_cache_with_direct_
         engine.put(chunk_hash_for(1), 0, 1, data, crc32c(data), 4_194_304)
         engine.flush()
         assert engine.get(chunk_hash_for(1), 0, 1).data == data  # read from the blob file now
-        resident = _blob_bytes_in_page_cache(volume)
+        resident = _bytes_in_page_cache(volume, "*.blob")
     finally:
         engine.close()
     if direct_io:
