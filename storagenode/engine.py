@@ -28,19 +28,27 @@ Placement-group summaries (``summarize``, ``summarize_by_index``) are kept in me
 after a put or delete touched it: a put only marks its placement group (no extra read).
 
 The volume of a fragment is ``int.from_bytes(chunk_hash[8:16], "big") % len(volumes)`` (bytes 0..7
-already pick the placement group). Writes use a synced WAL (``WriteOptions.sync``) so a put has
-reached the disk before it returns; ``put_many`` is group commit: one synced batch per volume.
-CRC32C comes from ``awscrt.checksums`` (hardware accelerated, ~25 GB/s).
+already pick the placement group). A put has reached the disk before it returns: ``put_many`` is
+group commit. Each fragment is its own write batch (header, then data: a batch of several 420 KB
+values grows its buffer by doubling and copies it ~1.5 times over), appended to the WAL without a
+sync; then one WAL sync per volume (``flush_wal(sync=True)``) makes all of them durable, since
+RocksDB syncs every record before the last. Unlike a synced write, a fragment is readable before
+that sync; a put that fails may leave fragments behind, as one the frontend gave up on does (its
+chunk is not referenced; garbage collection removes them). CRC32C comes from
+``awscrt.checksums`` (hardware accelerated, ~25 GB/s).
 
 Fragment data does not go through the page cache: flushes write blob files with ``O_DIRECT``
 and gets read them with ``O_DIRECT`` (where the volume's filesystem allows it), as purpose-built
 object stores do. The WAL cannot (this RocksDB has no direct I/O for it), yet it is written and
-synced, then never read again unless the node crashes; so each volume drops its WAL files' pages
-(``posix_fadvise(DONTNEED)``, clean pages only) every ``WAL_CACHE_DROP_BYTES`` written, and the
-freed pages are reused at once by the next writes. Both matter most on a VM whose idle memory goes
-back to the host (this machine: free page reporting, DAMON page-out), where every fresh page costs
-a host fault: writing 1 GB into new page-cache pages took 2.4 CPU-s against 0.2 into just-freed
-ones. Together they took storage-node CPU per GB of 256 MiB PUTs from ~16 to ~7-8 CPU-s.
+synced, then never read again unless the node crashes; so each volume drops its current WAL
+files' pages (``posix_fadvise(DONTNEED)``, clean pages only) after every ``WAL_CACHE_DROP_BYTES``
+written, i.e. after every group of large fragments. Both matter most on a VM whose idle memory
+goes back to the host (this machine: free page reporting, DAMON page-out), where every fresh page
+costs a host fault: writing 1 GB into new page-cache pages took 2.4 CPU-s against 0.2 into
+just-freed ones. Dropping at once is what keeps the pages warm: freed pages go to the CPU's
+free-page lists, and the next writes take them back while the host still backs them. Dropped only
+every 8 MiB, they drifted to the buddy allocator and free page reporting, and the kernel's copy
+into the WAL took 15-23% of storage-node CPU on 256 MiB PUTs instead of 4-6%.
 """
 
 from __future__ import annotations
@@ -81,8 +89,9 @@ DEFAULT_MIN_FREE_BYTES = 64 * 1024 * 1024
 FREE_SPACE_REFRESH_SECONDS = 1.0
 #: Header records ``list_all`` reads per engine call.
 LIST_ALL_PAGE = 1024
-#: Bytes written to a volume between two drops of its WAL files' pages from the page cache.
-WAL_CACHE_DROP_BYTES = 8 * 1024 * 1024
+#: Bytes written to a volume between two drops of its WAL files' pages from the page cache (a
+#: group of 420 KB fragments always reaches it; small puts drop once per MiB, not per syscall).
+WAL_CACHE_DROP_BYTES = 1024 * 1024
 #: RocksDB names WAL files ``<number>.log`` in the database directory (no ``wal_dir`` is set).
 WAL_FILE_SUFFIX = ".log"
 _CAN_DROP_CACHE = hasattr(os, "posix_fadvise")
@@ -216,6 +225,10 @@ class _Volume:
         self._free_checked_at = -FREE_SPACE_REFRESH_SECONDS  # monotonic seconds; forces a first read
         self._wal_cache_drop_bytes = wal_cache_drop_bytes
         self._written_since_drop = 0
+        # One drop at a time; the newest WAL file seen by the last drop: older ones take no more
+        # writes, so their pages are gone already (a recycled file comes back under a new number).
+        self._drop_lock = threading.Lock()
+        self._newest_wal_dropped = -1
 
     def free_bytes(self) -> int:
         """Bytes free on the volume's disk: statvfs at most every ``FREE_SPACE_REFRESH_SECONDS``,
@@ -240,24 +253,32 @@ class _Volume:
             self.drop_wal_cache()
 
     def drop_wal_cache(self) -> None:
-        """Ask the kernel to drop the cached pages of this volume's WAL files. Only clean pages go
-        (what was synced), so a write in progress in another thread loses nothing; a file RocksDB
-        removes meanwhile is skipped. Best effort: errors are logged, never raised."""
-        if not _CAN_DROP_CACHE:
+        """Ask the kernel to drop the cached pages of this volume's current WAL files: the newest
+        one at the previous drop and any newer. Only clean pages go (what was synced), so a write
+        in progress in another thread loses nothing; a file RocksDB removes meanwhile is skipped;
+        a drop already running in another thread makes this one a no-op. Best effort: errors are
+        logged, never raised."""
+        if not _CAN_DROP_CACHE or not self._drop_lock.acquire(blocking=False):
             return
         try:
             with os.scandir(self.path) as entries:
-                wal_paths = [entry.path for entry in entries if entry.name.endswith(WAL_FILE_SUFFIX)]
-            for wal_path in wal_paths:
+                wal_files = [(_wal_number(entry.name), entry.path) for entry in entries
+                             if entry.name.endswith(WAL_FILE_SUFFIX)]
+            for number, wal_path in wal_files:
+                if number < self._newest_wal_dropped:
+                    continue
                 with contextlib.suppress(FileNotFoundError):
                     descriptor = os.open(wal_path, os.O_RDONLY)
                     try:
                         os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
                     finally:
                         os.close(descriptor)
+            self._newest_wal_dropped = max((number for number, _path in wal_files), default=-1)
         except OSError as exc:
             logger.warning("cannot drop WAL pages from the page cache",
                            extra={"fields": {"volume": self.path, "error": str(exc)}})
+        finally:
+            self._drop_lock.release()
 
     def close(self) -> None:
         # rocksdict keeps the database LOCK while any column-family object is alive: drop them first.
@@ -302,6 +323,8 @@ class FragmentEngine:
             raise StorageError(f"cannot open volume: {exc}") from exc
         self._sync_writes = WriteOptions()
         self._sync_writes.sync = True
+        # Puts append without a sync and sync once per group (``_write_group``).
+        self._unsynced_writes = WriteOptions()
         # Our CRC32C covers every fragment's data; RocksDB's own (software) checksum of the same
         # ~420 KB value on read costs ~0.8 CPU-s/GB more and catches nothing extra that matters.
         self._fragment_reads = ReadOptions()
@@ -372,7 +395,8 @@ class FragmentEngine:
             raise error
 
     def put_many(self, fragments: Sequence[FragmentWrite]) -> list[StorageError | None]:
-        """Store several fragments with one synced RocksDB write batch per volume (group commit).
+        """Store several fragments with one WAL sync per volume (group commit; see the module
+        docstring).
 
         Each fragment is validated on its own; returns one entry per input, in order: ``None`` once
         that fragment is durable, otherwise the error (``InvalidFragment``, ``StorageFull`` or
@@ -395,7 +419,7 @@ class FragmentEngine:
 
     def _put_many(self, fragments: Sequence[FragmentWrite]) -> list[StorageError | None]:
         results: list[StorageError | None] = [None] * len(fragments)
-        batches: dict[int, tuple[WriteBatch, list[int], int]] = {}
+        groups: dict[int, tuple[list[WriteBatch], list[int], int]] = {}
         # One write time per call, not per fragment: per fragment, a busy node's times would run
         # ahead of the clock by a millisecond per fragment.
         written_at_ms = self._next_write_time()
@@ -406,20 +430,21 @@ class FragmentEngine:
                 results[position] = exc
                 continue
             volume_number = self.volume_index(fragment.chunk_hash)
-            if volume_number not in batches:
-                batches[volume_number] = (WriteBatch(raw_mode=True), [], 0)
-            batch, positions, size = batches[volume_number]
+            batches, positions, size = groups.setdefault(volume_number, ([], [], 0))
             volume = self._volumes[volume_number]
             data = fragment.data
-            # rocksdict's raw mode accepts only bytes and a put parsed from a Stream batch is a view
-            # of the received message, so this copies it (and the write batch copies it again:
-            # no way around either through rocksdict).
-            batch.put(key, data if isinstance(data, bytes) else bytes(data))
+            # One batch per fragment, header first: the batch's buffer is then allocated once at
+            # its final size. rocksdict's raw mode accepts only bytes and a put parsed from a Stream
+            # batch is a view of the received message, so this copies it (and the write batch
+            # copies it again: no way around either through rocksdict).
+            batch = WriteBatch(raw_mode=True)
             batch.put(key, header, volume.headers_handle)
+            batch.put(key, data if isinstance(data, bytes) else bytes(data))
+            batches.append(batch)
             positions.append(position)
-            batches[volume_number] = (batch, positions, size + len(data) + HEADER.size)
-        for volume_number, (batch, positions, size) in batches.items():
-            error = self._write_batch(self._volumes[volume_number], batch, size)
+            groups[volume_number] = (batches, positions, size + len(data) + HEADER.size)
+        for volume_number, (batches, positions, size) in groups.items():
+            error = self._write_group(self._volumes[volume_number], batches, size)
             if error is not None:
                 for position in positions:
                     results[position] = error
@@ -441,7 +466,9 @@ class FragmentEngine:
             )
         return key, HEADER.pack(FORMAT_VERSION, actual, len(fragment.data), fragment.chunk_size, written_at_ms)
 
-    def _write_batch(self, volume: _Volume, batch: WriteBatch, size: int) -> StorageError | None:
+    def _write_group(self, volume: _Volume, batches: Sequence[WriteBatch], size: int) -> StorageError | None:
+        """Append ``batches`` to ``volume``'s WAL, then sync it once: all of them are durable when
+        this returns None. ``size``: their bytes, checked against the volume's free space first."""
         try:
             free = volume.free_bytes()
         except OSError as exc:
@@ -450,7 +477,9 @@ class FragmentEngine:
             return StorageFull(f"volume {volume.path} has {free} bytes free, keeps {self._min_free_bytes}")
         try:
             with volume.write_lock:
-                volume.db.write(batch, self._sync_writes)
+                for batch in batches:
+                    volume.db.write(batch, self._unsynced_writes)
+                volume.db.flush_wal(sync=True)
         except Exception as exc:
             if "space" in str(exc).lower():
                 return StorageFull(f"volume {volume.path}: {exc}")
@@ -950,6 +979,12 @@ def _check_record(header: bytes | None, value: bytes | None) -> str | None:
     if actual != checksum:
         return f"CRC32C is {actual:#010x}, stored {checksum:#010x}"
     return None
+
+
+def _wal_number(name: str) -> int:
+    """The log number of a RocksDB WAL file name (``000123.log`` -> 123); -1 if it has none."""
+    stem = name[: -len(WAL_FILE_SUFFIX)]
+    return int(stem) if stem.isdigit() else -1
 
 
 def _directory_bytes(path: str) -> int:

@@ -3,7 +3,7 @@
 It decodes requests, runs the blocking ``FragmentEngine`` in a thread pool (never on the event
 loop) and maps domain errors through ``ERROR_TABLE`` to ``Status`` values (stream) or gRPC status
 codes (unary calls). Puts that arrive while a batch is being written are committed together with
-one synced write per volume (group commit: perf-notes measured 3.2k synced puts/s one by one
+one WAL sync per volume (group commit: perf-notes measured 3.2k synced puts/s one by one
 against 29k/s batched); gets that arrive while a read batch runs are read together in one executor
 call (one thread hop for many fragments).
 

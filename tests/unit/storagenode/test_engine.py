@@ -362,6 +362,27 @@ def test_synced_wal_pages_leave_the_page_cache_unless_dropping_is_off(tmp_path: 
 
 
 @pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux's fincore")
+def test_a_drop_after_a_wal_switch_also_drops_the_previous_wal_files_tail(tmp_path: Path) -> None:
+    volume = str(tmp_path / "volume")
+    engine = FragmentEngine([volume], min_free_bytes=0, wal_cache_drop_bytes=1_000_000)
+    try:
+        # Puts 0-2 reach the threshold (a drop); put 3 stays cached in the first WAL file, which
+        # the flush then retires; puts 4-5 reach the threshold again in the second WAL file.
+        for seed in range(6):
+            if seed == 4:
+                engine.flush()
+            data = fragment(seed, 420_000)
+            engine.put(chunk_hash_for(seed), 0, 1, data, crc32c(data), 4_194_304)
+        wal_files = list(Path(volume).glob("*.log"))
+        resident = _bytes_in_page_cache(volume, "*.log")
+        assert engine.get(chunk_hash_for(3), 0, 1).data == fragment(3, 420_000)
+    finally:
+        engine.close()
+    assert len(wal_files) >= 2
+    assert resident < 64 * 1024
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux's fincore")
 @pytest.mark.parametrize("direct_io", [True, False])
 def test_flushed_and_read_fragment_data_stays_out_of_the_page_cache_with_direct_io(
     tmp_path: Path, direct_io: bool
