@@ -48,7 +48,7 @@ costs a host fault: writing 1 GB into new page-cache pages took 2.4 CPU-s agains
 just-freed ones. Dropping at once is what keeps the pages warm: freed pages go to the CPU's
 free-page lists, and the next writes take them back while the host still backs them. Dropped only
 every 8 MiB, they drifted to the buddy allocator and free page reporting, and the kernel's copy
-into the WAL took 15-23% of storage-node CPU on 256 MiB PUTs instead of 4-6%.
+into the WAL took 15-23% of storage-node CPU on 256 MiB PUTs instead of 3-6%.
 """
 
 from __future__ import annotations
