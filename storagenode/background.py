@@ -1,4 +1,4 @@
-"""A storage node's background durability work: the cluster-map watch, repair and scrub.
+"""A storage node's background work: the cluster-map watch, repair, scrub and compaction.
 
 ``NodeBackground`` owns them for ``storagenode.server.serve``: the watch starts without waiting
 for a map (a new cluster publishes its first map only once enough nodes registered), repair runs
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from placement.cluster_map import ClusterMap
 from placement.watcher import ClusterMapWatcher
 from storagenode.client import StorageNodePool
+from storagenode.compaction import Compactor
 from storagenode.engine import FragmentEngine
 from storagenode.repair import RepairAgent
 from storagenode.scrub import Scrubber
@@ -33,7 +34,10 @@ class DurabilitySettings:
     ``repair``/``scrub``: whether each runs at all. ``repair_bytes_per_second``: bytes repair may
     fetch from other nodes per second; ``repair_scan_interval``: seconds between scans of the
     node's placement groups. ``scrub_period``: seconds a full scrub pass should take;
-    ``scrub_max_bytes_per_second``: the pass never reads faster than this.
+    ``scrub_max_bytes_per_second``: the pass never reads faster than this. ``compaction``: whether
+    deleted fragments' disk space is given back (``storagenode.compaction``), checked every
+    ``compaction_interval`` seconds; live fragments are relocated out of the oldest blob files once
+    ``compaction_garbage_ratio`` of a volume's blob file bytes are garbage.
     """
 
     repair: bool = True
@@ -42,6 +46,9 @@ class DurabilitySettings:
     scrub: bool = True
     scrub_period: float = 14 * 24 * 3600.0
     scrub_max_bytes_per_second: float = 20 * 1024 * 1024
+    compaction: bool = True
+    compaction_interval: float = 600.0
+    compaction_garbage_ratio: float = 0.25
 
 
 class NodeBackground:
@@ -65,6 +72,11 @@ class NodeBackground:
                      max_bytes_per_second=settings.scrub_max_bytes_per_second)
             if settings.scrub else None
         )
+        self._compactor = (
+            Compactor(engine, interval_seconds=settings.compaction_interval,
+                      garbage_ratio=settings.compaction_garbage_ratio)
+            if settings.compaction else None
+        )
 
     def hint(self, pg: int) -> None:
         """Ask repair to look at placement group ``pg`` now (no-op when repair does not run)."""
@@ -81,9 +93,11 @@ class NodeBackground:
             return None
 
     async def start(self) -> None:
-        """Start the scrubber now and the map watch + repair in the background."""
+        """Start the scrubber and the compactor now, the map watch + repair in the background."""
         if self._scrubber is not None:
             await self._scrubber.start()
+        if self._compactor is not None:
+            await self._compactor.start()
         if self._watcher is not None:
             self._map_loader = asyncio.create_task(self._load_map_then_repair(), name="cluster-map-loader")
 
@@ -117,7 +131,7 @@ class NodeBackground:
                 self._repair.hint(pg)
 
     async def stop(self) -> None:
-        """Stop repair, scrub and the watch (in that order); safe to call more than once."""
+        """Stop repair, scrub, compaction and the watch (in that order); safe to call more than once."""
         if self._map_loader is not None:
             self._map_loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -127,6 +141,8 @@ class NodeBackground:
             await self._repair.stop()
         if self._scrubber is not None:
             await self._scrubber.stop()
+        if self._compactor is not None:
+            await self._compactor.stop()
         if self._watcher is not None:
             await self._watcher.stop()
         await self._peers.close()

@@ -226,12 +226,22 @@ def parse_args(argv: list[str] | None) -> NodeConfig:
                         help="seconds a full scrub pass over every fragment should take")
     parser.add_argument("--scrub-max-bytes-per-second", type=float, default=defaults.scrub_max_bytes_per_second,
                         help="the scrub never reads faster than this")
+    parser.add_argument("--compaction-interval", type=float, default=defaults.compaction_interval,
+                        help="seconds between checks for deleted fragments' disk space to give back")
+    parser.add_argument("--compaction-garbage-ratio", type=float, default=defaults.compaction_garbage_ratio,
+                        help="share of a volume's blob file bytes that must be garbage before live "
+                             "fragments are moved out of the oldest blob files (0 < ratio <= 1)")
     parser.add_argument("--no-repair", action="store_true", help="do not run the repair agent")
     parser.add_argument("--no-scrub", action="store_true", help="do not run the scrubber")
+    parser.add_argument("--no-compaction", action="store_true",
+                        help="never give deleted fragments' disk space back")
     args = parser.parse_args(argv)
-    for flag in ("repair_bytes_per_second", "repair_scan_interval", "scrub_period", "scrub_max_bytes_per_second"):
+    for flag in ("repair_bytes_per_second", "repair_scan_interval", "scrub_period", "scrub_max_bytes_per_second",
+                 "compaction_interval"):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be a positive number")
+    if not 0 < args.compaction_garbage_ratio <= 1:
+        parser.error("--compaction-garbage-ratio must be above 0 and at most 1")
     return NodeConfig(
         node_id=args.node_id, listen=args.listen, volumes=tuple(args.volumes), zone=args.zone,
         rack=args.rack, host=args.host, capacity_bytes=args.capacity_bytes,
@@ -240,6 +250,8 @@ def parse_args(argv: list[str] | None) -> NodeConfig:
             repair=not args.no_repair, repair_bytes_per_second=args.repair_bytes_per_second,
             repair_scan_interval=args.repair_scan_interval, scrub=not args.no_scrub,
             scrub_period=args.scrub_period, scrub_max_bytes_per_second=args.scrub_max_bytes_per_second,
+            compaction=not args.no_compaction, compaction_interval=args.compaction_interval,
+            compaction_garbage_ratio=args.compaction_garbage_ratio,
         ),
     )
 

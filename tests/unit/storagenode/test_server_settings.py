@@ -28,7 +28,22 @@ def test_durability_flags_reach_the_settings() -> None:
     assert parse_args(BASE).durability.scrub_period == 14 * 24 * 3600
 
 
-@pytest.mark.parametrize("flag", ["--repair-scan-interval", "--scrub-period", "--repair-bytes-per-second"])
+def test_compaction_flags_reach_the_settings() -> None:
+    settings = parse_args([*BASE, "--compaction-interval", "30", "--compaction-garbage-ratio", "0.5"]).durability
+    assert (settings.compaction, settings.compaction_interval, settings.compaction_garbage_ratio) == (True, 30, 0.5)
+    assert parse_args([*BASE, "--no-compaction"]).durability.compaction is False
+    defaults = parse_args(BASE).durability
+    assert (defaults.compaction, defaults.compaction_interval, defaults.compaction_garbage_ratio) == (True, 600, 0.25)
+
+
+@pytest.mark.parametrize("ratio", ["0", "1.5", "-0.1"])
+def test_a_garbage_ratio_outside_0_to_1_is_refused(ratio: str) -> None:
+    with pytest.raises(SystemExit):
+        parse_args([*BASE, "--compaction-garbage-ratio", ratio])
+
+
+@pytest.mark.parametrize("flag", ["--repair-scan-interval", "--scrub-period", "--repair-bytes-per-second",
+                                  "--compaction-interval"])
 def test_non_positive_rates_and_periods_are_refused(flag: str) -> None:
     with pytest.raises(SystemExit):
         parse_args([*BASE, flag, "0"])
