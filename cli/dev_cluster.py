@@ -10,6 +10,7 @@ on first start and either supervises in the foreground (Ctrl-C / SIGTERM stop ev
 from __future__ import annotations
 
 import fcntl
+import http.client
 import json
 import shutil
 import signal
@@ -330,7 +331,8 @@ def frontend_ready(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2) as response:
             return int(response.status) == 200
-    except (urllib.error.URLError, OSError, ValueError):
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException):
+        # HTTPException: something that does not speak HTTP/1.1 answered (not our frontend yet).
         return False
 
 

@@ -185,7 +185,7 @@ def new_settings(data_dir: Path, *, nodes: int, frontend_port: int, base_port: i
 
     ``frontend_port`` is the S3 port (0 = any free port). The other ports (etcd client and peer,
     every process's metrics port, every node's gRPC port) are ``base_port``, ``base_port + 1``, ...
-    or, with ``base_port`` 0, ports the kernel reports free.
+    or, with ``base_port`` 0, ports the kernel reports free; never ``frontend_port``.
 
     Raises:
         DevClusterError: for a node count below 1 or a PG count that is not a power of two.
@@ -197,7 +197,10 @@ def new_settings(data_dir: Path, *, nodes: int, frontend_port: int, base_port: i
     names = process_names(nodes)
     # etcd peer + one metrics port per process + a listen port per node and for etcd.
     needed = 1 + len(names) + nodes + 1 + (1 if frontend_port == 0 else 0)
-    pool = iter(range(base_port, base_port + needed)) if base_port else _free_ports(needed)
+    # A given S3 port is free now only because the frontend has not started: never hand it out
+    # (one spare port makes up for skipping it).
+    candidates = range(base_port, base_port + needed + 1) if base_port else _free_ports(needed + 1)
+    pool = (port for port in candidates if port != frontend_port)
     ports: dict[str, dict[str, int | None]] = {}
     etcd_port = next(pool)
     ports["etcd"] = {"port": etcd_port, "metrics_port": etcd_port}  # etcd serves /metrics itself

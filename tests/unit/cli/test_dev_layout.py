@@ -11,6 +11,7 @@ import pytest
 from cli.dev_layout import (
     MALLOC_ENVIRONMENT,
     DevClusterError,
+    Settings,
     child_environment,
     failure_domain_of,
     load_settings,
@@ -51,6 +52,23 @@ def test_base_port_assigns_consecutive_distinct_ports(tmp_path: Path) -> None:
     assert len(used) == len(set(used))
     assert min(used) == 9100 or min(used) == 20000
     assert all(port == 9100 or 20000 <= port < 20000 + len(used) for port in used)
+
+
+def all_ports(settings: Settings) -> list[int]:
+    """Every port the cluster binds (etcd serves its metrics on its client port: counted once)."""
+    listen = [entry["port"] for entry in settings.ports.values() if entry["port"] is not None]
+    metrics = [entry["metrics_port"] for name, entry in settings.ports.items() if name != "etcd"]
+    return [*listen, *metrics, settings.etcd_peer_port]  # type: ignore[list-item]
+
+
+def test_the_s3_port_given_is_never_handed_to_another_process(tmp_path: Path) -> None:
+    # Free now only because the frontend has not started yet: a node or etcd must not take it.
+    # (Inside the base-port range, so the test is deterministic; free-port picks skip it alike.)
+    settings = new_settings(tmp_path, nodes=14, frontend_port=20005, base_port=20000, pg_count=64,
+                            down_out_interval=600)
+    ports = all_ports(settings)
+    assert ports.count(20005) == 1 and settings.frontend_port == 20005
+    assert len(ports) == len(set(ports))
 
 
 def test_free_ports_are_distinct_and_frontend_port_zero_picks_one(tmp_path: Path) -> None:
