@@ -939,8 +939,8 @@ class FragmentEngine:
         perf-notes): the live fragments of the N oldest blob files move to a new blob file and the
         N files are deleted. Source: RocksDB wiki, "Integrated BlobDB" (garbage collection;
         ``blob_garbage_collection_age_cutoff``: the oldest ``int(cutoff * files)`` files are
-        collected). A compaction rewrites whole table files, so a key range would not bound the
-        work: there is none.
+        collected). There is no key range to pass: a compaction rewrites whole table files, so a
+        range would not bound the work.
 
         Raises:
             ValueError: ``relocate_oldest`` negative.
