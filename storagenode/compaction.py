@@ -132,6 +132,10 @@ class Compactor:
             except StorageError as exc:
                 logger.warning("compaction pass failed; retrying later", extra={"fields": {"error": str(exc)}})
                 await asyncio.sleep(min(RETRY_SECONDS, self._interval_seconds))
+            except Exception:
+                # Whatever went wrong, compaction must not stop for the node's lifetime: retry.
+                logger.exception("compaction pass failed unexpectedly; retrying later")
+                await asyncio.sleep(min(RETRY_SECONDS, self._interval_seconds))
 
     async def run_pass(self) -> list[VolumeCompaction]:
         """Compact every volume that needs it (see the module docstring); return what was done,
