@@ -27,10 +27,8 @@ ones are recorded).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ from typing import TypeVar
 
 from prometheus_client import Counter, Gauge
 
+from placement.etcd import cancel_and_wait
 from storagenode.engine import BlobSpace, FragmentEngine
 from storagenode.errors import StorageError
 
@@ -118,9 +117,7 @@ class Compactor:
         """Stop the passes; returns once a compaction in progress is done. Idempotent."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         # The thread finishes the compaction it is in; this no-op runs right after it.
         await asyncio.wrap_future(self._executor.submit(lambda: None))
 
@@ -183,7 +180,7 @@ class Compactor:
         oldest = max(1, int(space.files * RELOCATION_AGE_CUTOFF))
         # At most what the oldest files hold, if they are about the average size.
         needed = space.total_bytes * oldest // max(1, space.files)
-        free = await self._run(lambda: shutil.disk_usage(path).free)
+        free = await self._run(lambda: self._engine.free_bytes(index))
         if free - needed < self._engine.min_free_bytes:
             SKIPPED_RELOCATIONS.inc()
             logger.warning("volume too full to relocate fragments out of its oldest blob files; add capacity "

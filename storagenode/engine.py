@@ -919,6 +919,20 @@ class FragmentEngine:
             self._exit()
         return BlobSpace(files=files or 0, total_bytes=total or 0, garbage_bytes=garbage or 0)
 
+    def free_bytes(self, volume_index: int) -> int:
+        """Bytes free on volume ``volume_index``'s disk, as puts see them (re-read at most every
+        ``FREE_SPACE_REFRESH_SECONDS``, minus what was written since).
+
+        Raises:
+            IndexError: no such volume.
+            StorageError: the volume's disk cannot be read.
+        """
+        volume = self._volumes[volume_index]
+        try:
+            return volume.free_bytes()
+        except OSError as exc:
+            raise StorageError(f"volume {volume.path}: cannot read free space: {exc}") from exc
+
     def take_deletes_since_compaction(self, volume_index: int) -> int:
         """Fragments deleted from volume ``volume_index`` since the previous call (the count
         restarts at 0). Raises ``IndexError`` for no such volume."""
