@@ -30,6 +30,8 @@ import logging
 import multiprocessing
 import os
 import secrets
+import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -60,6 +62,8 @@ INLINE_MAX_BYTES = 64 * 1024
 SEGMENT_PREFIX = "coffer-ec-"
 #: Where Linux shows POSIX shared-memory segments as files.
 SHARED_MEMORY_DIRECTORY = "/dev/shm"
+#: How often (seconds) a worker checks that the process that started it is still alive.
+ORPHAN_CHECK_SECONDS = 0.5
 
 
 # The pure coding helpers live in common.erasure_code (storage nodes rebuild fragments with them
@@ -80,9 +84,26 @@ def _buffer(shm: SharedMemory) -> memoryview:
     return buf
 
 
-def _worker_init() -> None:
+def _worker_init(parent_pid: int) -> None:
     tune_malloc()
     _driver()
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), name="orphan-watch", daemon=True).start()
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    """End this worker once ``parent_pid`` (the frontend that started it) is gone.
+
+    A frontend killed alone (SIGKILL, the OOM killer) cannot stop its pool, and an idle worker
+    would wait on its task queue forever: each worker holds that queue's write end, so it never
+    reads end-of-file. Once the workers are gone too, nothing holds the pipe to Python's resource
+    tracker any more, and the tracker unlinks the semaphores and shared-memory segments the pool
+    registered, then exits. ``os.getppid`` changes when the parent dies (the worker is re-parented);
+    polled rather than ``PR_SET_PDEATHSIG``, which fires when the *thread* that started the worker
+    ends, and the pool starts workers from whichever thread submits.
+    """
+    while os.getppid() == parent_pid:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+    os._exit(0)
 
 
 def _attach(segment: str) -> SharedMemory:
@@ -214,7 +235,8 @@ class ErasureCoder:
     writer can assemble a chunk where the worker reads it and send fragments from where the worker
     wrote them (no copies in between). Workers are started with the ``spawn`` method (safe beside gRPC's threads)
     and run ``tune_malloc()`` first; the parent runs it too, before the pool starts, so the
-    thresholds are also in the environment the workers inherit. Use from one event loop at a time.
+    thresholds are also in the environment the workers inherit. A worker ends by itself within
+    ``ORPHAN_CHECK_SECONDS`` of its parent's death. Use from one event loop at a time.
     Call ``close()`` to stop the workers and free the shared memory.
     """
 
@@ -245,6 +267,7 @@ class ErasureCoder:
             max_workers=self._workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init,
+            initargs=(os.getpid(),),
         )
 
     def _replace_broken_pool(self, broken: ProcessPoolExecutor) -> None:

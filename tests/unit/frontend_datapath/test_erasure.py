@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import os
@@ -10,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 
@@ -250,3 +252,54 @@ def test_segments_of_a_killed_coder_are_removed_by_the_next_one(coder: ErasureCo
     # A second sweep leaves live owners' segments alone.
     remove_orphaned_segments()
     assert _segments_of(os.getpid()) == ours
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie nobody reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def _semaphores() -> set[str]:
+    return {name for name in os.listdir(SHARED_MEMORY_DIRECTORY) if name.startswith("sem.mp-")}
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_MEMORY_DIRECTORY), reason="no POSIX shared-memory directory")
+def test_a_coder_killed_alone_leaves_no_process_semaphore_or_segment() -> None:
+    # SIGKILL of the frontend only (not its process group), as the OOM killer does: its workers
+    # notice and exit, then its resource tracker unlinks what the pool registered and exits too.
+    semaphores_before = _semaphores()
+    program = (
+        "import asyncio, os, time\n"
+        "from multiprocessing import resource_tracker\n"
+        "from frontend.erasure import ErasureCoder\n"
+        "coder = ErasureCoder(workers=2, chunk_buffers=1)\n"
+        "async def both():\n"
+        "    await asyncio.gather(*(coder.encode(os.urandom(500_000)) for _ in range(2)))\n"
+        "asyncio.run(both())\n"
+        "print(*coder._executor._processes, resource_tracker._resource_tracker._pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        assert process.stdout is not None
+        helpers = [int(pid) for pid in process.stdout.readline().split()]
+        assert len(helpers) == 3  # two workers and the resource tracker
+        assert _segments_of(process.pid)
+        assert _semaphores() - semaphores_before  # the pool's queues and locks
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(_gone(pid) for pid in helpers):
+            time.sleep(0.1)
+        assert [pid for pid in helpers if not _gone(pid)] == []
+        assert _segments_of(process.pid) == set()
+        assert _semaphores() - semaphores_before == set()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
