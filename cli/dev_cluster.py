@@ -634,10 +634,15 @@ def start_one(data_dir: Path, name: str, timeout: float = 60.0) -> int:
 
 def kill_one(data_dir: Path, name: str, sig: signal.Signals) -> int:
     """``coffer dev kill NAME``: send ``sig`` to one recorded process (SIGKILL also ends its
-    helpers); waits until it is gone for SIGKILL/SIGTERM. 0 if signalled, 1 if it was not running."""
+    helpers, once they had ``processes.HELPER_GRACE_SECONDS`` to clean up and end by themselves);
+    waits until it is gone for SIGKILL/SIGTERM. 0 if signalled, 1 if it was not running."""
     data_dir = data_dir.resolve()
     record = _find_record(load_records(data_dir), name, data_dir)
-    if not processes.send_signal(record.identity, sig, whole_session=sig == signal.SIGKILL):
+    if sig == signal.SIGKILL:
+        signalled = processes.kill(record.identity)
+    else:
+        signalled = processes.send_signal(record.identity, sig)
+    if not signalled:
         _say(f"{record.name} is not running.", sys.stderr)
         return 1
     if sig in (signal.SIGKILL, signal.SIGTERM):

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _PROC = Path("/proc")
+#: Seconds the helpers of a SIGKILLed process get to end by themselves (``kill``): the frontend's
+#: erasure-coding workers notice within 0.5 s, its resource tracker right after them.
+HELPER_GRACE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,24 @@ def send_signal(identity: ProcessIdentity, sig: signal.Signals, whole_session: b
     return alive
 
 
+def kill(identity: ProcessIdentity, helper_grace_seconds: float = HELPER_GRACE_SECONDS) -> bool:
+    """SIGKILL the process, give the helpers in its session up to ``helper_grace_seconds`` to end on
+    their own, then SIGKILL whatever of its session is left. Returns like ``send_signal``.
+
+    Helpers that outlive their leader clean up as they end: the frontend's erasure-coding workers
+    exit once their parent is gone, and then Python's multiprocessing resource tracker unlinks the
+    semaphores and shared memory the pool used. SIGKILLing the whole session at once leaves those
+    files in ``/dev/shm`` until reboot.
+    """
+    alive = send_signal(identity, signal.SIGKILL)
+    deadline = time.monotonic() + helper_grace_seconds
+    while time.monotonic() < deadline and session_members(identity):
+        time.sleep(0.05)
+    for pid in session_members(identity):
+        _signal_pid(pid, signal.SIGKILL)
+    return alive
+
+
 def wait_gone(identities: Iterable[ProcessIdentity], timeout: float) -> list[ProcessIdentity]:
     """Wait up to ``timeout`` seconds for the processes to exit; return those still running."""
     pending = list(identities)
@@ -187,7 +208,7 @@ def stop(identities: Sequence[ProcessIdentity], timeout: float) -> None:
         send_signal(identity, signal.SIGTERM)
     stragglers = wait_gone(identities, timeout)
     for identity in stragglers:
-        send_signal(identity, signal.SIGKILL, whole_session=True)
+        kill(identity)
     wait_gone(stragglers, 5.0)
     # Session members that outlived their leader (e.g. a worker pool whose parent was killed).
     for identity in identities:

@@ -113,6 +113,43 @@ def test_helpers_of_a_dead_leader_are_found_by_its_session(tmp_path: Path,
     wait_until(lambda: processes.session_members(identity) == [], 10, "the helper to die")
 
 
+def test_kill_lets_helpers_clean_up_before_it_ends_them(tmp_path: Path,
+                                                        started: list[ProcessIdentity]) -> None:
+    # One helper cleans up and exits once its parent is gone (as the erasure-coding workers do),
+    # the other never exits on its own: the first must get to finish, the second must still end.
+    marker = tmp_path / "cleaned"
+    cleaner = tmp_path / "cleaner.py"
+    cleaner.write_text(
+        "import os, sys, time\n"
+        "parent = int(sys.argv[2])  # passed in: the parent may be gone before this line runs\n"
+        "while os.getppid() == parent:\n"
+        "    time.sleep(0.05)\n"
+        "time.sleep(0.3)  # cleaning up takes a moment\n"
+        "open(sys.argv[1], 'w').write('done')\n"
+    )
+    leader = tmp_path / "leader.py"
+    leader.write_text(
+        "import os, subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, {str(cleaner)!r}, {str(marker)!r}, str(os.getpid())])\n"
+        f"subprocess.Popen({list(SLEEPER)!r})\n"
+        "time.sleep(120)\n"
+    )
+    identity = _spawn((sys.executable, str(leader)), tmp_path, started)
+    wait_until(lambda: len(processes.session_members(identity)) == 3, 10, "the helpers to start")
+    assert processes.kill(identity, helper_grace_seconds=2.0)
+    assert marker.read_text() == "done"
+    assert not processes.is_running(identity)
+    assert processes.session_members(identity) == []
+
+
+def test_kill_of_a_process_that_is_not_running_returns_false(tmp_path: Path,
+                                                             started: list[ProcessIdentity]) -> None:
+    identity = _spawn(SLEEPER, tmp_path, started)
+    stale = ProcessIdentity(identity.pid, identity.start_time - 1, identity.command)
+    assert processes.kill(stale, helper_grace_seconds=0.5) is False
+    assert processes.is_running(identity)  # a stranger's session is never touched
+
+
 def test_a_script_is_recognised_behind_its_interpreter(tmp_path: Path, started: list[ProcessIdentity]) -> None:
     script = tmp_path / "service"
     script.write_text("#!/bin/sh\nsleep 120\n")
