@@ -217,6 +217,13 @@ def test_a_dead_worker_is_replaced() -> None:
         assert asyncio.run(erasure_coder.decode(dict(enumerate(first)), len(chunk))) == chunk
 
 
+def _start_in_new_session(program: str) -> subprocess.Popen[str]:
+    """Run the Python ``program`` in its own session (so a test can kill its whole process group);
+    its stdout is piped, as text."""
+    return subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
 def _segments_of(pid: int) -> set[str]:
     return {name for name in os.listdir(SHARED_MEMORY_DIRECTORY) if name.startswith(f"{SEGMENT_PREFIX}{pid}-")}
 
@@ -232,8 +239,7 @@ def test_segments_of_a_killed_coder_are_removed_by_the_next_one(coder: ErasureCo
         "print('ready', flush=True)\n"
         "time.sleep(60)\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = _start_in_new_session(program)
     try:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "ready"
@@ -283,8 +289,7 @@ def test_a_coder_killed_alone_leaves_no_process_semaphore_or_segment() -> None:
         "print(*coder._executor._processes, resource_tracker._resource_tracker._pid, flush=True)\n"
         "time.sleep(60)\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = _start_in_new_session(program)
     try:
         assert process.stdout is not None
         helpers = [int(pid) for pid in process.stdout.readline().split()]
