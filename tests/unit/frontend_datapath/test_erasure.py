@@ -293,7 +293,8 @@ def test_a_coder_killed_alone_leaves_no_process_semaphore_or_segment() -> None:
     try:
         assert process.stdout is not None
         helpers = [int(pid) for pid in process.stdout.readline().split()]
-        assert len(helpers) == 3  # two workers and the resource tracker
+        # The workers the pool started (one per waiting task, up to two) and the resource tracker.
+        assert 2 <= len(helpers) <= 3
         assert _segments_of(process.pid)
         assert _semaphores() - semaphores_before  # the pool's queues and locks
         os.kill(process.pid, signal.SIGKILL)
