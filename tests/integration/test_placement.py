@@ -358,6 +358,35 @@ def test_hung_keepalive_does_not_lapse_the_lease(etcd_server: EtcdServer) -> Non
     run(scenario())
 
 
+def test_keepalives_share_one_stream_and_each_gets_its_own_reply(etcd_server: EtcdServer) -> None:
+    """Keep-alives of two leases alternate on one long-lived stream, each answered with its own
+    lease's TTL. A keep-alive cut off mid-call drops the stream (its late reply cannot answer the
+    next request). A revoked lease answers 0."""
+
+    async def scenario() -> None:
+        async with EtcdClient(etcd_server.endpoint) as etcd:
+            short_lease, short_ttl = await etcd.grant_lease(5)
+            long_lease, long_ttl = await etcd.grant_lease(60)
+            assert await etcd.refresh_lease(short_lease) == short_ttl
+            stream = etcd._keepalive
+            assert stream is not None
+            for _ in range(3):
+                assert await etcd.refresh_lease(long_lease) == long_ttl
+                assert await etcd.refresh_lease(short_lease) == short_ttl
+            assert etcd._keepalive is stream
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0):
+                    await etcd.refresh_lease(short_lease)
+            assert etcd._keepalive is None
+            assert await etcd.refresh_lease(long_lease) == long_ttl
+            assert etcd._keepalive is not stream
+            await etcd.revoke_lease(short_lease)
+            assert await etcd.refresh_lease(short_lease) == 0
+            assert await etcd.refresh_lease(long_lease) == long_ttl
+
+    run(scenario())
+
+
 def test_no_map_until_the_failure_domain_rule_can_be_met(etcd_server: EtcdServer) -> None:
     """Zones of 8, 2, 2 and 2 nodes: the leader publishes nothing and reports the rule unmet; once
     the small zones grow, the first map appears with at most 4 fragments per zone."""
