@@ -142,7 +142,9 @@ class EtcdClient:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a concurrent cancel.
             async with asyncio.timeout(self._timeout + 1.0):
                 return await awaitable
-        except (aetcd.ClientError, TimeoutError) as error:
+        # The gRPC errors come from the lease keep-alive stream, driven here rather than by aetcd.
+        except (aetcd.ClientError, grpc.RpcError, grpc.aio.UsageError, asyncio.InvalidStateError,
+                TimeoutError) as error:
             raise EtcdUnavailable(f"etcd {self.endpoint}: {error!r}") from error
 
     async def get(self, key: str) -> KeyValue | None:
@@ -249,23 +251,22 @@ class EtcdClient:
         """
         async with self._keepalive_lock:
             try:
-                async with asyncio.timeout(self._timeout + 1.0):
-                    if self._keepalive is None or self._keepalive.done():
-                        await self._client.connect()
-                        self._keepalive = self._client.leasestub.LeaseKeepAlive(metadata=self._client.metadata)
-                    await self._keepalive.write(aetcd.rpc.LeaseKeepAliveRequest(ID=lease_id))
-                    reply = await self._keepalive.read()
-            except (aetcd.ClientError, grpc.RpcError, grpc.aio.UsageError, asyncio.InvalidStateError,
-                    TimeoutError) as error:
-                self._drop_keepalive()
-                raise EtcdUnavailable(f"etcd {self.endpoint}: lease keep-alive: {error!r}") from error
+                reply = await self._call(self._keepalive_round_trip(lease_id))
+                if reply is grpc.aio.EOF:
+                    raise EtcdUnavailable(f"etcd {self.endpoint}: lease keep-alive stream ended")
             except BaseException:
-                self._drop_keepalive()  # cancelled mid-call: the reply may still come
-                raise
-            if reply is grpc.aio.EOF:
+                # Failed, ended, or cancelled mid-call (its reply may still come): never reuse it.
                 self._drop_keepalive()
-                raise EtcdUnavailable(f"etcd {self.endpoint}: lease keep-alive stream ended")
+                raise
         return max(0, int(reply.TTL))
+
+    async def _keepalive_round_trip(self, lease_id: int) -> Any:
+        """Write one keep-alive request on the stream (opened if needed) and read its reply."""
+        if self._keepalive is None or self._keepalive.done():
+            await self._client.connect()
+            self._keepalive = self._client.leasestub.LeaseKeepAlive(metadata=self._client.metadata)
+        await self._keepalive.write(aetcd.rpc.LeaseKeepAliveRequest(ID=lease_id))
+        return await self._keepalive.read()
 
     def _drop_keepalive(self) -> None:
         """Cancel and forget the keep-alive stream; the next ``refresh_lease`` opens a new one."""
