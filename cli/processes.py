@@ -174,7 +174,8 @@ def send_signal(identity: ProcessIdentity, sig: signal.Signals, whole_session: b
 
 def kill(identity: ProcessIdentity, helper_grace_seconds: float = HELPER_GRACE_SECONDS) -> bool:
     """SIGKILL the process, give the helpers in its session up to ``helper_grace_seconds`` to end on
-    their own, then SIGKILL whatever of its session is left. Returns like ``send_signal``.
+    their own, then SIGKILL whatever of its session is left and wait (up to 5 s) until it is gone.
+    Returns like ``send_signal``.
 
     Helpers that outlive their leader clean up as they end: the frontend's erasure-coding workers
     exit once their parent is gone, and then Python's multiprocessing resource tracker unlinks the
@@ -182,12 +183,18 @@ def kill(identity: ProcessIdentity, helper_grace_seconds: float = HELPER_GRACE_S
     files in ``/dev/shm`` until reboot.
     """
     alive = send_signal(identity, signal.SIGKILL)
-    deadline = time.monotonic() + helper_grace_seconds
-    while time.monotonic() < deadline and session_members(identity):
-        time.sleep(0.05)
+    _wait_session_empty(identity, helper_grace_seconds)
     for pid in session_members(identity):
         _signal_pid(pid, signal.SIGKILL)
+    _wait_session_empty(identity, 5.0)  # a SIGKILLed process takes a moment to exit
     return alive
+
+
+def _wait_session_empty(identity: ProcessIdentity, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds until no member of ``identity``'s session is alive."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and session_members(identity):
+        time.sleep(0.05)
 
 
 def wait_gone(identities: Iterable[ProcessIdentity], timeout: float) -> list[ProcessIdentity]:
@@ -208,8 +215,7 @@ def stop(identities: Sequence[ProcessIdentity], timeout: float) -> None:
         send_signal(identity, signal.SIGTERM)
     stragglers = wait_gone(identities, timeout)
     for identity in stragglers:
-        kill(identity)
-    wait_gone(stragglers, 5.0)
+        kill(identity)  # returns once the straggler and its session are gone (or 5 s passed)
     # Session members that outlived their leader (e.g. a worker pool whose parent was killed).
     for identity in identities:
         send_signal(identity, signal.SIGKILL, whole_session=True)
