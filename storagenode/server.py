@@ -104,7 +104,13 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
 
     engine = await asyncio.to_thread(FragmentEngine, list(config.volumes))
     executor = ThreadPoolExecutor(config.engine_threads, thread_name_prefix="engine")
-    servicer = StorageNodeServicer(config.node_id, engine, executor)
+    # Group-committed puts run one batch at a time anyway. A thread of their own keeps RocksDB's
+    # write batches and memtable blocks in one malloc arena, so the memory a memtable flush frees
+    # is what the next memtable reuses, instead of each pool thread's arena growing its own copy
+    # (fewer fresh pages, each a host fault on a VM: after 26 PUTs of 256 MiB to a 14-node dev
+    # cluster its nodes held 155-177 MB of anonymous memory each, against 157-221 MB).
+    write_executor = ThreadPoolExecutor(1, thread_name_prefix="engine-write")
+    servicer = StorageNodeServicer(config.node_id, engine, executor, write_executor=write_executor)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     add_to_server(servicer, server)
     registrar: _Registrar | None = None
@@ -136,6 +142,7 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
     finally:
         await background.stop()
         await server.stop(0)
+        await asyncio.to_thread(write_executor.shutdown, True)
         await asyncio.to_thread(executor.shutdown, True)
         await asyncio.to_thread(engine.close)
         if registrar is not None:

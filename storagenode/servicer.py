@@ -427,7 +427,8 @@ class BatchedReader:
 class StorageNodeServicer(storage_pb2_grpc.StorageNodeServicer):
     """Serves one node's ``FragmentEngine`` over gRPC.
 
-    ``node_id`` is reported by ``Health``; ``executor`` runs every engine call.
+    ``node_id`` is reported by ``Health``; ``executor`` runs every engine call but the
+    group-committed puts, which run in ``write_executor`` (``executor`` when not given).
     ``max_in_flight_per_stream`` bounds the requests of one ``Stream`` being processed at once
     (further requests wait in gRPC's flow control).
     """
@@ -438,11 +439,12 @@ class StorageNodeServicer(storage_pb2_grpc.StorageNodeServicer):
         engine: FragmentEngine,
         executor: Executor,
         max_in_flight_per_stream: int = MAX_IN_FLIGHT_PER_STREAM,
+        write_executor: Executor | None = None,
     ) -> None:
         self._node_id = node_id
         self._engine = engine
         self._executor = executor
-        self._committer = GroupCommitter(engine, executor)
+        self._committer = GroupCommitter(engine, write_executor or executor)
         self._reader = BatchedReader(engine, executor)
         self._max_in_flight = max_in_flight_per_stream
         self._draining = asyncio.Event()

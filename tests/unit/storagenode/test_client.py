@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from prometheus_client import REGISTRY
 from proto import storage_pb2, storage_pb2_grpc
 from storagenode.client import StorageNodeClient, StorageNodePool
 from storagenode.engine import FragmentEngine, FragmentWrite
-from storagenode.errors import FragmentCorrupt, InvalidFragment, NodeUnavailable
+from storagenode.errors import FragmentCorrupt, InvalidFragment, NodeUnavailable, StorageError
+from storagenode.records import StoredFragment
 from storagenode.servicer import GroupCommitter, StorageNodeServicer
 from tests.fixtures.processes import free_port
 
@@ -121,6 +123,48 @@ def test_puts_queued_together_are_committed_in_one_batch(tmp_path: Path) -> None
         assert REGISTRY.get_sample_value("coffer_storagenode_put_batch_fragments_count") == count_before + 1
         assert REGISTRY.get_sample_value("coffer_storagenode_put_batch_fragments_sum") == sum_before + 10
     finally:
+        executor.shutdown()
+        engine.close()
+
+
+class ThreadRecordingEngine(FragmentEngine):
+    """A real engine that notes the name of the thread each ``put_many`` and ``get`` runs in."""
+
+    def __init__(self, volume_paths: list[str]) -> None:
+        super().__init__(volume_paths, min_free_bytes=0)
+        self.put_threads: list[str] = []
+        self.get_threads: list[str] = []
+
+    def put_many(self, fragments: Sequence[FragmentWrite]) -> list[StorageError | None]:
+        self.put_threads.append(threading.current_thread().name)
+        return super().put_many(fragments)
+
+    def get(self, chunk_hash: bytes, index: int, pg: int) -> StoredFragment:
+        self.get_threads.append(threading.current_thread().name)
+        return super().get(chunk_hash, index, pg)
+
+
+def test_puts_run_in_the_write_executor_and_gets_in_the_shared_one(tmp_path: Path) -> None:
+    engine = ThreadRecordingEngine([str(tmp_path / "volume")])
+    executor = ThreadPoolExecutor(4, thread_name_prefix="engine")
+    write_executor = ThreadPoolExecutor(1, thread_name_prefix="engine-write")
+
+    async def body(address: str) -> None:
+        client = StorageNodeClient(address)
+        try:
+            await asyncio.gather(*(client.put_fragment(chunk_hash_for(seed), 0, 3, b"data-%d" % seed, 60, 1)
+                                   for seed in range(24)))
+            fetched = await asyncio.gather(*(client.get_fragment(chunk_hash_for(seed), 0, 3) for seed in range(24)))
+            assert fetched == [b"data-%d" % seed for seed in range(24)]
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(with_server(StorageNodeServicer("node-x", engine, executor, write_executor=write_executor), body))
+        assert engine.put_threads and set(engine.put_threads) == {"engine-write_0"}
+        assert engine.get_threads and not any(name.startswith("engine-write") for name in engine.get_threads)
+    finally:
+        write_executor.shutdown()
         executor.shutdown()
         engine.close()
 
