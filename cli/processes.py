@@ -209,16 +209,11 @@ def wait_gone(identities: Iterable[ProcessIdentity], timeout: float) -> list[Pro
 
 
 def stop(identities: Sequence[ProcessIdentity], timeout: float) -> None:
-    """Stop processes as a group: SIGTERM each, wait up to ``timeout`` s, SIGKILL stragglers, then
-    SIGKILL whatever is left in their sessions (helpers orphaned by their parent)."""
+    """Stop processes as a group: SIGTERM each, wait up to ``timeout`` s, then ``kill`` each: a
+    straggler is SIGKILLed, and helpers left in any of the sessions (orphaned by their parent)
+    get the same grace to end by themselves before they are SIGKILLed too."""
     for identity in identities:
         send_signal(identity, signal.SIGTERM)
-    stragglers = wait_gone(identities, timeout)
-    for identity in stragglers:
-        kill(identity)  # returns once the straggler and its session are gone (or 5 s passed)
-    # Session members that outlived their leader (e.g. a worker pool whose parent was killed).
+    wait_gone(identities, timeout)
     for identity in identities:
-        send_signal(identity, signal.SIGKILL, whole_session=True)
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and any(session_members(identity) for identity in identities):
-        time.sleep(0.05)
+        kill(identity)  # at once for a process gone with its whole session
