@@ -3,7 +3,8 @@
 Fragment data lives in RocksDB blob files, each holding the fragments of many chunks. Deleting a
 fragment only writes a tombstone; its bytes stay in the blob file, and blob garbage collection is
 off while writing (always on, it rewrites live fragments again and again: 4.5-5.8x write
-amplification instead of 2x). So every ``interval_seconds`` a pass looks at each volume:
+amplification instead of 2x). So every ``interval_seconds`` (give or take 20%, ``common.jitter``) a
+pass looks at each volume:
 
 1. If fragments were deleted since the last pass (or this is the first pass since the node
    started: deletes before it are not counted), compact the volume: deleted keys are dropped,
@@ -36,6 +37,7 @@ from typing import TypeVar
 
 from prometheus_client import Counter, Gauge
 
+from common.jitter import jittered
 from placement.etcd import cancel_and_wait
 from storagenode.engine import BlobSpace, FragmentEngine
 from storagenode.errors import StorageError
@@ -109,7 +111,7 @@ class Compactor:
         self._dropped_since_start: set[int] = set()
 
     async def start(self) -> None:
-        """Start the passes in the background (the first after one interval). Idempotent."""
+        """Start the passes in the background (the first after one jittered interval). Idempotent."""
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run_forever(), name="compactor")
 
@@ -124,7 +126,8 @@ class Compactor:
     async def _run_forever(self) -> None:
         while True:
             try:
-                await asyncio.sleep(self._interval_seconds)
+                # Jittered, so that the nodes of a cluster do not all compact at the same moment.
+                await asyncio.sleep(jittered(self._interval_seconds))
                 await self.run_pass()
             except StorageError as exc:
                 logger.warning("compaction pass failed; retrying later", extra={"fields": {"error": str(exc)}})

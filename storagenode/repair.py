@@ -5,7 +5,8 @@ each acting-set member rebuilds only its own position, so work spreads over all 
 that stores a fragment is the one that writes it, and the state is nothing but listings (a restart
 loses nothing). Design: /work/helper-notes/issue3-plan.md §2-3; decisions per PG: ``repair_plan``.
 
-A scan (``scan_once``; every ``scan_interval`` seconds, at start and soon after a ``hint``):
+A scan (``scan_once``; at start, then every ``scan_interval`` seconds give or take 20%
+(``common.jitter``), and soon after a ``hint``):
 
 1. Summarizes this node's placement groups (``FragmentEngine.summarize_by_index``: per fragment
    index a count and a digest, cached by the engine) and asks every UP node it shares a placement
@@ -48,6 +49,7 @@ from awscrt.checksums import crc32c
 from prometheus_client import Counter, Gauge
 
 from common.erasure_code import ChunkHashMismatch, next_combination, rebuild_fragment
+from common.jitter import jittered
 from common.layout import DATA_FRAGMENTS
 from placement.cluster_map import ClusterMap
 from storagenode.client import StorageNodePool
@@ -212,7 +214,8 @@ class RepairAgent:
     call and every CPU-heavy step runs in ``executor`` (threads). ``cluster_map()`` returns the
     node's current map, or None before it has one (the scan then does nothing). ``peers`` supplies
     clients of other nodes. ``bytes_per_second`` limits bytes fetched; ``scan_interval`` is the
-    time between scans, seconds. ``concurrency`` tasks run at once. Use from one event loop.
+    mean time between scans, seconds (each wait is jittered by up to 20%). ``concurrency`` tasks
+    run at once. Use from one event loop.
 
     Raises:
         ValueError: ``bytes_per_second`` or ``scan_interval`` not positive, ``concurrency`` < 1.
@@ -251,7 +254,8 @@ class RepairAgent:
     # -- lifecycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start scanning in the background: at once, then every ``scan_interval`` s or on a hint."""
+        """Start scanning in the background: at once, then every ``scan_interval`` s (jittered by
+        ``common.jitter.jittered``) or on a hint."""
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"repair-{self.node_id}")
 
@@ -277,7 +281,9 @@ class RepairAgent:
             except Exception:
                 logger.exception("repair scan failed", extra={"fields": {"node": self.node_id}})
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._scan_interval):
+                # Jittered: the nodes of a cluster start together and would otherwise all scan
+                # (and summon each other's summaries) at the same moment, every interval.
+                async with asyncio.timeout(jittered(self._scan_interval)):
                     await self._wake.wait()
             self._wake.clear()
 

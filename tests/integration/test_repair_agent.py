@@ -318,6 +318,34 @@ def test_a_started_agent_scans_at_once_and_again_on_a_hint(coder: ErasureCoder, 
     asyncio.run(body())
 
 
+def test_a_started_agent_scans_again_after_a_jittered_interval(
+    coder: ErasureCoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between scans the agent waits ``jittered(scan_interval)``, not the bare interval: nodes that
+    start together would otherwise scan (and ask each other for summaries) in lockstep."""
+    asked: list[float] = []
+
+    def short_wait(seconds: float) -> float:
+        asked.append(seconds)
+        return 0.1
+
+    monkeypatch.setattr("storagenode.repair.jittered", short_wait)
+
+    async def body() -> None:
+        async with local_cluster(tmp_path, members=14) as cluster:
+            agent = cluster.agent(sorted(cluster.cluster_map.nodes)[0])
+            scans = metric("coffer_repair_scans_total")
+            await agent.start()
+            try:
+                async with asyncio.timeout(20):  # no hint: only the jittered wait brings scan two
+                    await poll(lambda: metric("coffer_repair_scans_total") >= scans + 2)
+            finally:
+                await agent.stop()
+
+    asyncio.run(body())
+    assert asked and set(asked) == {60}
+
+
 def requests(operation: str) -> float:
     return metric("coffer_storagenode_requests_total", operation=operation, outcome="ok")
 

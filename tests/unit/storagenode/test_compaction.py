@@ -197,3 +197,39 @@ def test_settings_are_checked() -> None:
         Compactor(None, interval_seconds=1, garbage_ratio=0)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         Compactor(None, interval_seconds=1, garbage_ratio=1.5)  # type: ignore[arg-type]
+
+
+def test_started_passes_wait_a_jittered_interval(engine: FragmentEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The background passes sleep ``jittered(interval)``, not the bare interval: the nodes of a
+    cluster start together and would otherwise compact in lockstep."""
+    write_generations(engine)
+    asked: list[float] = []
+
+    def short_wait(seconds: float) -> float:
+        asked.append(seconds)
+        return 0.05
+
+    monkeypatch.setattr("storagenode.compaction.jittered", short_wait)
+
+    async def started() -> list[VolumeCompaction]:
+        compactor = Compactor(engine, interval_seconds=3600, garbage_ratio=0.25)
+        passed: asyncio.Future[list[VolumeCompaction]] = asyncio.get_running_loop().create_future()
+        run_pass = compactor.run_pass
+
+        async def recorded_pass() -> list[VolumeCompaction]:
+            result = await run_pass()
+            if not passed.done():
+                passed.set_result(result)
+            return result
+
+        monkeypatch.setattr(compactor, "run_pass", recorded_pass)
+        await compactor.start()
+        try:
+            async with asyncio.timeout(20):  # an hour without the jitter function's answer
+                return await passed
+        finally:
+            await compactor.stop()
+
+    [result] = asyncio.run(started())
+    assert result.dropped_deletes  # a real pass ran
+    assert asked and set(asked) == {3600}
