@@ -38,6 +38,8 @@ class DurabilitySettings:
     deleted fragments' disk space is given back (``storagenode.compaction``), checked every
     ``compaction_interval`` seconds; live fragments are relocated out of the oldest blob files once
     ``compaction_garbage_ratio`` of a volume's blob file bytes are garbage.
+    ``background_write_max_bytes_per_second``: each volume's flushes and compactions together write
+    at most this many bytes per second, flushes first (0: no cap; ``FragmentEngine``).
     """
 
     repair: bool = True
@@ -49,6 +51,7 @@ class DurabilitySettings:
     compaction: bool = True
     compaction_interval: float = 600.0
     compaction_garbage_ratio: float = 0.25
+    background_write_max_bytes_per_second: int = 0
 
 
 class NodeBackground:

@@ -104,6 +104,10 @@ WAL_CACHE_DROP_BYTES = 1024 * 1024
 #: RocksDB names WAL files ``<number>.log`` in the database directory (no ``wal_dir`` is set).
 WAL_FILE_SUFFIX = ".log"
 _CAN_DROP_CACHE = hasattr(os, "posix_fadvise")
+# RocksDB's defaults for NewGenericRateLimiter: refill every 100 ms; a low-priority (compaction)
+# request goes first once in 10 times, so compactions are never starved by flushes.
+_RATE_LIMIT_REFILL_MICROSECONDS = 100_000
+_RATE_LIMIT_FAIRNESS = 10
 _MAX_PLACEMENT_GROUP = 2**32 - 1
 _MAX_U64 = 2**64 - 1
 _MAX_U32 = 2**32 - 1
@@ -191,9 +195,10 @@ def supports_direct_io(directory: str) -> bool:
     return True
 
 
-def _volume_options(direct_io: bool) -> Options:
+def _volume_options(direct_io: bool, background_write_max_bytes_per_second: int = 0) -> Options:
     """RocksDB options for ~420 KB values (perf-notes: blob files + no blob GC -> 2x write amp);
-    ``direct_io``: fragment data bypasses the page cache (see below)."""
+    ``direct_io``: fragment data bypasses the page cache (see below);
+    ``background_write_max_bytes_per_second``: the rate limit of flushes and compactions (0: none)."""
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     options.create_missing_column_families(True)
@@ -225,6 +230,13 @@ def _volume_options(direct_io: bool) -> Options:
         # fault: flush threads took 1-7 CPU-s per GB) and evicted what was worth keeping.
         options.set_use_direct_io_for_flush_and_compaction(True)
         options.set_use_direct_reads(True)
+    if background_write_max_bytes_per_second > 0:
+        # RocksDB's rate limiter (include/rocksdb/rate_limiter.h): one per volume, i.e. per disk.
+        # Flushes are served before compactions (puts wait on a flush when the memtables are
+        # full), so a relocation compaction that rewrites a quarter of a volume takes the disk bandwidth left
+        # under the cap instead of all of it. Refilled every 100 ms (RocksDB's default period).
+        options.set_ratelimiter(background_write_max_bytes_per_second, _RATE_LIMIT_REFILL_MICROSECONDS,
+                                _RATE_LIMIT_FAIRNESS)
     return options
 
 
@@ -237,14 +249,15 @@ def _headers_options() -> Options:
 class _Volume:
     """One open RocksDB database and its ``fragment_headers`` column family."""
 
-    def __init__(self, path: str, wal_cache_drop_bytes: int = WAL_CACHE_DROP_BYTES, direct_io: bool = True) -> None:
+    def __init__(self, path: str, wal_cache_drop_bytes: int = WAL_CACHE_DROP_BYTES, direct_io: bool = True,
+                 background_write_max_bytes_per_second: int = 0) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = path
         self.direct_io = direct_io and supports_direct_io(path)
         if direct_io and not self.direct_io:
             logger.warning("volume's filesystem has no direct I/O: fragment data goes through the page cache",
                            extra={"fields": {"volume": path}})
-        self.db = Rdict(path, _volume_options(self.direct_io),
+        self.db = Rdict(path, _volume_options(self.direct_io, background_write_max_bytes_per_second),
                         column_families={HEADERS_COLUMN_FAMILY: _headers_options()})
         self.headers = self.db.get_column_family(HEADERS_COLUMN_FAMILY)
         self.headers_handle = self.db.get_column_family_handle(HEADERS_COLUMN_FAMILY)
@@ -332,9 +345,12 @@ class FragmentEngine:
     this many bytes have been written to it (0: never; see the module docstring).
     ``direct_io``: fragment data is flushed and read with ``O_DIRECT``, bypassing the page cache,
     on volumes whose filesystem allows it (others fall back to buffered I/O, with a warning).
+    ``background_write_max_bytes_per_second``: each volume's flushes and compactions together write
+    at most this many bytes per second, flushes first (RocksDB's rate limiter; 0: no limit). Set it
+    above the volume's sustained write rate: a flush held back long enough stalls puts.
 
     Raises (constructor):
-        ValueError: if ``volume_paths`` is empty.
+        ValueError: if ``volume_paths`` is empty or the write rate is negative.
         StorageError: if a database cannot be opened (e.g. locked by another process).
     """
 
@@ -344,14 +360,18 @@ class FragmentEngine:
         min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
         wal_cache_drop_bytes: int = WAL_CACHE_DROP_BYTES,
         direct_io: bool = True,
+        background_write_max_bytes_per_second: int = 0,
     ) -> None:
         if not volume_paths:
             raise ValueError("a storage node needs at least one volume")
+        if background_write_max_bytes_per_second < 0:
+            raise ValueError(f"a write rate cannot be negative, got {background_write_max_bytes_per_second}")
         self._min_free_bytes = min_free_bytes
         self._volumes: list[_Volume] = []
         try:
             for path in volume_paths:
-                self._volumes.append(_Volume(path, wal_cache_drop_bytes, direct_io))
+                self._volumes.append(_Volume(path, wal_cache_drop_bytes, direct_io,
+                                             background_write_max_bytes_per_second))
         except Exception as exc:
             for volume in self._volumes:
                 volume.close()

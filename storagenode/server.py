@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -102,7 +103,9 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
         with contextlib.suppress(RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)
 
-    engine = await asyncio.to_thread(FragmentEngine, list(config.volumes))
+    background_write_cap = config.durability.background_write_max_bytes_per_second
+    engine = await asyncio.to_thread(functools.partial(
+        FragmentEngine, list(config.volumes), background_write_max_bytes_per_second=background_write_cap))
     executor = ThreadPoolExecutor(config.engine_threads, thread_name_prefix="engine")
     # Group-committed puts run one batch at a time anyway. A thread of their own keeps RocksDB's
     # write batches and memtable blocks in one malloc arena, so the memory a memtable flush frees
@@ -238,6 +241,11 @@ def parse_args(argv: list[str] | None) -> NodeConfig:
     parser.add_argument("--compaction-garbage-ratio", type=float, default=defaults.compaction_garbage_ratio,
                         help="share of a volume's blob file bytes that must be garbage before live "
                              "fragments are moved out of the oldest blob files (0 < ratio <= 1)")
+    parser.add_argument("--background-write-max-bytes-per-second", type=int,
+                        default=defaults.background_write_max_bytes_per_second,
+                        help="cap on each volume's flush and compaction writes, flushes first (RocksDB's "
+                             "rate limiter); keep it above the volume's sustained write rate (default 0: "
+                             "no cap)")
     parser.add_argument("--no-repair", action="store_true", help="do not run the repair agent")
     parser.add_argument("--no-scrub", action="store_true", help="do not run the scrubber")
     parser.add_argument("--no-compaction", action="store_true",
@@ -249,6 +257,8 @@ def parse_args(argv: list[str] | None) -> NodeConfig:
             parser.error(f"--{flag.replace('_', '-')} must be a positive number")
     if not 0 < args.compaction_garbage_ratio <= 1:
         parser.error("--compaction-garbage-ratio must be above 0 and at most 1")
+    if args.background_write_max_bytes_per_second < 0:
+        parser.error("--background-write-max-bytes-per-second must be 0 (no cap) or a positive number")
     return NodeConfig(
         node_id=args.node_id, listen=args.listen, volumes=tuple(args.volumes), zone=args.zone,
         rack=args.rack, host=args.host, capacity_bytes=args.capacity_bytes,
@@ -259,6 +269,7 @@ def parse_args(argv: list[str] | None) -> NodeConfig:
             scrub_period=args.scrub_period, scrub_max_bytes_per_second=args.scrub_max_bytes_per_second,
             compaction=not args.no_compaction, compaction_interval=args.compaction_interval,
             compaction_garbage_ratio=args.compaction_garbage_ratio,
+            background_write_max_bytes_per_second=args.background_write_max_bytes_per_second,
         ),
     )
 

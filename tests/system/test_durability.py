@@ -39,8 +39,9 @@ from tests.fixtures.processes import wait_until
 # A full scrub pass every few seconds finds injected damage fast on CI-sized data; measuring repair
 # on large data wants the scrubber out of the way (COFFER_FAULT_SCRUB_PERIOD=100000).
 SCRUB_PERIOD = os.environ.get("COFFER_FAULT_SCRUB_PERIOD", "4")
+# The background write cap is far above what these tests write: it only has to be in place.
 NODE_FLAGS = ("--repair-scan-interval=2", "--repair-bytes-per-second=200000000", f"--scrub-period={SCRUB_PERIOD}",
-              "--scrub-max-bytes-per-second=400000000")
+              "--scrub-max-bytes-per-second=400000000", "--background-write-max-bytes-per-second=400000000")
 FRONTEND_FLAGS = ("--gc-grace=2", "--gc-interval=1", "--orphan-grace=30", "--orphan-sweep-interval=2")
 
 pytestmark = [
@@ -226,6 +227,14 @@ def report(record_property: Callable[[str, object], None], name: str, value: flo
 
 
 # -- acceptance 3: scrub --------------------------------------------------------------------------
+
+
+def test_every_volume_opens_with_the_background_write_cap(cluster: DevCluster) -> None:
+    """``--background-write-max-bytes-per-second`` reaches each volume's RocksDB: the options it
+    logs when it opens name a rate limiter (``(nil)`` without the flag)."""
+    for node, volume in volumes(cluster).items():
+        logged = [line for line in (volume / "LOG").read_text().splitlines() if "Options.rate_limiter:" in line]
+        assert logged and "(nil)" not in logged[-1], (node, logged)
 
 
 def test_scrub_finds_every_flipped_byte_and_repair_rebuilds_it(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -233,3 +235,24 @@ def test_started_passes_wait_a_jittered_interval(engine: FragmentEngine, monkeyp
     [result] = asyncio.run(started())
     assert result.dropped_deletes  # a real pass ran
     assert asked and set(asked) == {3600}
+
+
+def test_a_background_write_limit_paces_flushes_and_compactions(tmp_path: Path) -> None:
+    """RocksDB's rate limiter is wired to the volume: at 2 MiB/s, writing 4 MiB of fragments out
+    of the memtable takes about 2 s (a few ms without it). Compactions share that limiter, served
+    after flushes, so a relocation never takes more of the disk than the operator allows."""
+    limited = FragmentEngine([str(tmp_path / "volume")], min_free_bytes=0,
+                             background_write_max_bytes_per_second=2 * 1024 * 1024)
+    try:
+        data = os.urandom(512 * 1024)
+        for seed in range(8):
+            limited.put(chunk_hash_for(seed), seed % 14, 3, data, crc32c(data), len(data) * 10)
+        started = time.monotonic()
+        limited.flush()
+        assert time.monotonic() - started >= 1.0  # 4 MiB at 2 MiB/s, less the first refill's burst
+        for seed in range(8):
+            assert bytes(limited.get(chunk_hash_for(seed), seed % 14, 3).data) == data
+    finally:
+        limited.close()
+    with pytest.raises(ValueError, match="negative"):
+        FragmentEngine([str(tmp_path / "other")], background_write_max_bytes_per_second=-1)

@@ -36,6 +36,14 @@ def test_compaction_flags_reach_the_settings() -> None:
     assert (defaults.compaction, defaults.compaction_interval, defaults.compaction_garbage_ratio) == (True, 600, 0.25)
 
 
+def test_the_background_write_cap_reaches_the_settings_and_is_off_by_default() -> None:
+    flag = "--background-write-max-bytes-per-second"
+    assert parse_args([*BASE, flag, str(64 * MiB)]).durability.background_write_max_bytes_per_second == 64 * MiB
+    assert parse_args(BASE).durability.background_write_max_bytes_per_second == 0
+    with pytest.raises(SystemExit):
+        parse_args([*BASE, flag, "-1"])
+
+
 @pytest.mark.parametrize("ratio", ["0", "1.5", "-0.1"])
 def test_a_garbage_ratio_outside_0_to_1_is_refused(ratio: str) -> None:
     with pytest.raises(SystemExit):
