@@ -33,7 +33,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import random
 import secrets
 import shutil
 import stat as stat_module
@@ -65,6 +64,7 @@ from client.scanner import LocalEntry, ScanResult, scan
 from client.status import STATE_DIRECTORY, SyncStatus, write_status
 from client.tree import Kind, Node, is_under
 from client.watcher import FolderWatcher
+from common.jitter import jittered
 
 log = logging.getLogger("sync")
 
@@ -257,7 +257,7 @@ class SyncDaemon:
                     self._publish(force=True)
                     timeout = retry_delay
                     retry_delay = min(retry_delay * 2, self.settings.retry_max)
-                await self._sleep_until_woken(stop, timeout * (0.8 + 0.4 * random.random()))
+                await self._sleep_until_woken(stop, jittered(timeout))
         finally:
             for task in tasks:
                 task.cancel()

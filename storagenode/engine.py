@@ -233,8 +233,9 @@ def _volume_options(direct_io: bool, background_write_max_bytes_per_second: int 
     if background_write_max_bytes_per_second > 0:
         # RocksDB's rate limiter (include/rocksdb/rate_limiter.h): one per volume, i.e. per disk.
         # Flushes are served before compactions (puts wait on a flush when the memtables are
-        # full), so a relocation compaction that rewrites a quarter of a volume takes the disk bandwidth left
-        # under the cap instead of all of it. Refilled every 100 ms (RocksDB's default period).
+        # full), so a relocation compaction that rewrites a quarter of a volume takes the disk
+        # bandwidth left under the cap instead of all of it. Refilled every 100 ms (RocksDB's
+        # default period).
         options.set_ratelimiter(background_write_max_bytes_per_second, _RATE_LIMIT_REFILL_MICROSECONDS,
                                 _RATE_LIMIT_FAIRNESS)
     return options
