@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 import sys
@@ -103,9 +102,9 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
         with contextlib.suppress(RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)
 
-    background_write_cap = config.durability.background_write_max_bytes_per_second
-    engine = await asyncio.to_thread(functools.partial(
-        FragmentEngine, list(config.volumes), background_write_max_bytes_per_second=background_write_cap))
+    engine = await asyncio.to_thread(
+        FragmentEngine, list(config.volumes),
+        background_write_max_bytes_per_second=config.durability.background_write_max_bytes_per_second)
     executor = ThreadPoolExecutor(config.engine_threads, thread_name_prefix="engine")
     # Group-committed puts run one batch at a time anyway. A thread of their own keeps RocksDB's
     # write batches and memtable blocks in one malloc arena, so the memory a memtable flush frees
