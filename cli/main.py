@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -275,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``coffer`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
 
     Operator errors (``DevClusterError``) are printed as one line saying what to do, exit code 1.
+    When the reader of an operator command's output goes away (``coffer dev status | head -3``),
+    the command stops quietly with exit code 141 (128 + SIGPIPE), as one killed by SIGPIPE would.
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] in DISPATCH:
@@ -287,6 +290,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def _stdout_closed() -> int:
+    """Python ignores SIGPIPE, so a write to a closed pipe raises instead of ending the process.
+    Point stdout at /dev/null so that the interpreter's last flush cannot raise again at exit
+    (Python's signal module documentation, "Note on SIGPIPE"); return 128 + SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -139,3 +139,17 @@ def test_a_stage_that_never_gets_ready_times_out_and_stops_what_started(tmp_path
     assert [row["up"] for row in json.loads(status.stdout)["processes"]] == [False]
     (record,) = load_records(data)
     assert processes.session_members(record.identity) == []  # its `sleep` helper is gone too
+
+
+def test_output_to_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    # `coffer dev status | head -1` once ended in a BrokenPipeError traceback. The read end is
+    # closed before the command starts, so its first write fails deterministically.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "cli", "dev", "status", "--data", str(tmp_path)],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141
+    assert result.stderr == ""
