@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import select
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -276,22 +277,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``coffer`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
 
     Operator errors (``DevClusterError``) are printed as one line saying what to do, exit code 1.
-    When the reader of an operator command's output goes away (``coffer dev status | head -3``),
-    the command stops quietly with exit code 141 (128 + SIGPIPE), as one killed by SIGPIPE would.
+    When the reader of a command's output goes away (``coffer dev status | head -3``, ``coffer sync
+    status | head -1``), the command stops quietly with exit code 141 (128 + SIGPIPE), as one killed
+    by SIGPIPE would.
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments and arguments[0] in DISPATCH:
-        return _dispatch(arguments[0], arguments[1:])
-    parsed = build_parser().parse_args(arguments)
     try:
-        return _run(parsed)
+        if arguments and arguments[0] in DISPATCH:
+            return _dispatch(arguments[0], arguments[1:])
+        return _run(build_parser().parse_args(arguments))
     except DevClusterError as error:
         print(f"coffer: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # a pipe of the command's own (to a child, a socket), not its output: a real error
         return _stdout_closed()
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe or socket whose reader has closed it: Linux's poll reports POLLERR
+    on a pipe's write end once no reader is left (pipe(7)), POLLHUP on a socket whose peer left."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # replaced or closed: not a file descriptor
+        return False
+    poller = select.poll()
+    poller.register(descriptor, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 def _stdout_closed() -> int:

@@ -14,6 +14,7 @@ from cli import processes
 from cli.dev_cluster import load_records
 from cli.dev_layout import new_settings, save_settings
 from cli.main import build_parser, main
+from client.status import status_path
 from metadata.sqlite_store import SqliteMetadataStore
 from tests.fixtures.processes import free_port
 
@@ -141,13 +142,32 @@ def test_a_stage_that_never_gets_ready_times_out_and_stops_what_started(tmp_path
     assert processes.session_members(record.identity) == []  # its `sleep` helper is gone too
 
 
-def test_output_to_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
-    # `coffer dev status | head -1` once ended in a BrokenPipeError traceback. The read end is
-    # closed before the command starts, so its first write fails deterministically.
+def test_a_broken_pipe_that_is_not_the_output_still_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only a closed stdout means "the reader went away"; a pipe to a child process or a socket
+    # breaking is an error the operator must see, not a quiet exit 141.
+    def broken_child_pipe(arguments: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("cli.main._run", broken_child_pipe)
+    with pytest.raises(BrokenPipeError):
+        main(["keys", "list"])
+
+
+@pytest.mark.parametrize("command", [
+    ["dev", "status", "--data", "{folder}"],  # an operator command
+    ["sync", "status", "--json", "{folder}"],  # a dispatched one: its module's own main runs it
+])
+def test_output_to_a_closed_pipe_ends_quietly(tmp_path: Path, command: list[str]) -> None:
+    # `coffer dev status | head -1` and `coffer sync status | head -1` once ended in a
+    # BrokenPipeError traceback. The read end is closed before the command starts, so its first
+    # write fails deterministically.
+    status_file = status_path(tmp_path)
+    status_file.parent.mkdir()
+    status_file.write_text(json.dumps({"folder": str(tmp_path), "state": "stopped", "pid": 0}))
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        result = subprocess.run([sys.executable, "-m", "cli", "dev", "status", "--data", str(tmp_path)],
+        result = subprocess.run([sys.executable, "-m", "cli", *(part.format(folder=tmp_path) for part in command)],
                                 stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, check=False)
     finally:
         os.close(write_end)
