@@ -74,6 +74,14 @@ def test_every_object_put_is_distinct(s3_factory) -> None:
     assert len(set(server.put_bodies)) == len(server.put_bodies), "a payload was reused"
 
 
+def test_phases_too_large_to_copy_up_front_put_the_same_bytes(s3_factory, monkeypatch) -> None:
+    monkeypatch.setattr("bench.s3bench.PREPARED_BODIES_MAX_BYTES", 0)  # every request copies its body
+    server = s3_factory()
+    result = _run(server.url, runs=1)
+    assert result.error is None  # every ETag was the MD5 of its body, every GET byte-identical
+    assert len(set(server.put_bodies)) == len(server.put_bodies) == 6 + 6 + 6
+
+
 def test_a_named_bucket_is_kept(s3_factory) -> None:
     server = s3_factory()
     result = _run(server.url, runs=1, bucket="kept-bucket")

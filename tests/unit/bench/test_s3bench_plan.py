@@ -5,6 +5,7 @@ import hashlib
 import pytest
 
 from bench.s3bench import (
+    BenchObject,
     CaseSpec,
     Endpoint,
     OpsSpec,
@@ -14,6 +15,7 @@ from bench.s3bench import (
     make_client,
     new_bucket_name,
     plan_cases,
+    prepared_bodies,
 )
 
 KIB = 1024
@@ -103,3 +105,14 @@ def test_bucket_names_are_fresh_and_valid() -> None:
     assert first != second
     assert first.startswith("coffer-bench-")
     assert 3 <= len(first) <= 63 and first == first.lower()
+
+
+def test_put_bodies_are_copied_before_the_phase_only_within_the_budget() -> None:
+    payload = PayloadSource(64 * KIB, 3)
+    objects = [BenchObject(key=f"k{n}", view=payload.view(n), md5_hex="") for n in range(3)]
+    total = 3 * 64 * KIB
+    bodies = prepared_bodies(objects, max_bytes=total)
+    assert list(bodies) == ["k0", "k1", "k2"]
+    for obj in objects:
+        assert type(bodies[obj.key]) is bytes and bodies[obj.key] == obj.view.tobytes()
+    assert prepared_bodies(objects, max_bytes=total - 1) == {}  # each request copies its own
