@@ -283,10 +283,11 @@ def make_client(endpoint: Endpoint, checksum_mode: str | None, max_connections: 
     )
 
 
-def prepared_bodies(objects: list[BenchObject], max_bytes: int = PREPARED_BODIES_MAX_BYTES) -> dict[str, bytes]:
+def prepared_bodies(objects: list[BenchObject], max_bytes: int) -> dict[str, bytes]:
     """Each object's body as ``bytes``, by key, copied out of the payload buffer now, so that a
     PUT phase's clock does not count the copies; empty when together they exceed ``max_bytes``
-    (then each request copies its own body)."""
+    bytes (then each request copies its own body). The caller passes the limit (normally
+    ``PREPARED_BODIES_MAX_BYTES``, read at call time)."""
     if sum(len(obj.view) for obj in objects) > max_bytes:
         return {}
     return {obj.key: bytes(obj.view) for obj in objects}
