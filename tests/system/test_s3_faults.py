@@ -122,6 +122,12 @@ def test_every_fragment_sits_on_its_acting_set_in_distinct_failure_domains(
                 assert (chunk_hash, index) not in on_disk[other]
 
 
+def test_every_storage_node_checksums_its_volumes_with_hardware_crc32c(cluster: DevCluster) -> None:
+    # storagenode.rocksdb_crc32c: RocksDB's WAL and blob checksums on the CPU's CRC32 instruction.
+    for node in node_ids(cluster):
+        assert metric_value(cluster, node, "coffer_storagenode_rocksdb_hardware_crc32c") == 1, node
+
+
 # --- acceptance 3: any 4 nodes down, reads continue; 5 down, 503 -----------------------------------
 
 def test_reads_survive_four_killed_nodes_and_fail_cleanly_with_five(
