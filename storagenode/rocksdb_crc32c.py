@@ -1,13 +1,13 @@
 """RocksDB's CRC32C on the CPU's CRC32 instruction, switched in when a storage node starts.
 
-Why: RocksDB checksums every WAL record and every blob record with CRC32C. Since RocksDB 7, an
-x86 build chooses its CRC32C code at compile time (``util/crc32c.cc``: "runtime detection no
-longer supported on x86"), and no rocksdict wheel on PyPI (0.3.2 through 0.3.29) is compiled with
-SSE4.2. So every byte a volume stores is checksummed by the table-driven software loop, twice
-(WAL, then the blob file at flush). During 256 MiB PUTs to the 14-node dev cluster that loop was
-29% of the storage nodes' CPU (``perf``, 2026-11-23), about 2.3 CPU-seconds per GB stored. With
-hardware CRC32C the nodes spent 5.3-5.6 CPU-s/GB instead of 7.3-7.8, and the PUTs ran 121-122
-MB/s instead of 102-110.
+Why: RocksDB checksums every WAL record and every blob record with CRC32C. On x86, RocksDB
+chooses its CRC32C code at compile time (``util/crc32c.cc``: "runtime detection no longer
+supported on x86"), and none of the rocksdict wheels checked (0.3.20 through 0.3.29, and the same
+author's speedict 0.3.12) is compiled with SSE4.2. So every byte a volume stores is checksummed by
+the table-driven software loop, twice (WAL, then the blob file at flush). During 256 MiB PUTs to
+the 14-node dev cluster that loop was 29% of the storage nodes' CPU (``perf``, 2026-11-23), about
+2.3 CPU-seconds per GB stored. With hardware CRC32C the nodes spent 5.3-5.6 CPU-s/GB instead of
+7.3-7.8, and the PUTs ran 121-122 MB/s instead of 102-110.
 
 What: before any volume opens, the first 12 bytes of ``rocksdb::crc32c::Extend(uint32_t crc,
 const char* data, size_t n)`` inside rocksdict's shared object become an absolute jump
@@ -146,6 +146,8 @@ def function_symbol(path: str, name: str) -> tuple[int, int]:
             elf = ELFFile(stream)
         except ELFError as exc:
             raise ValueError(f"{path} is not an ELF object: {exc}") from exc
+        if elf.elfclass != 64 or not elf.little_endian:
+            raise ValueError(f"{path} is not a 64-bit little-endian ELF object")
         for table_name in (".symtab", ".dynsym"):
             table = elf.get_section_by_name(table_name)
             if table is None:

@@ -33,6 +33,7 @@ SWITCHED_EXTEND = """
     import ctypes, json, random
     import google_crc32c
     import rocksdict.rocksdict as extension
+    from prometheus_client import REGISTRY
     from storagenode import rocksdb_crc32c as module
 
     switch = module.use_hardware_crc32c()
@@ -50,7 +51,7 @@ SWITCHED_EXTEND = """
     print(json.dumps({"hardware": switch.hardware, "reason": switch.reason, "agree": agree,
                       "entry": ctypes.string_at(address, 2).hex(),
                       "again": module.use_hardware_crc32c() == switch,
-                      "gauge": module.HARDWARE_CRC32C._value.get()}))
+                      "gauge": REGISTRY.get_sample_value("coffer_storagenode_rocksdb_hardware_crc32c")}))
 """
 
 
