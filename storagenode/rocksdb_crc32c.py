@@ -18,13 +18,13 @@ the LevelDB authors) and picks its SSE4.2 code at run time. The checksums are th
 so volumes are byte-for-byte what the software loop writes: either kind of process reads the
 other's volumes.
 
-Safety: the switch happens only on x86-64 Linux, only when both symbols are found, and only
-after the original ``Extend`` and ``crc32c_extend`` agree on a set of test inputs. After the jump
-is written, the same inputs go through the patched entry point; any difference restores the
-original bytes. It must run before RocksDB starts any thread (no volume open yet), so no thread
-can be executing the bytes being rewritten: ``storagenode.server.main`` calls it first thing.
-Whatever the outcome, the node runs; ``coffer_storagenode_rocksdb_hardware_crc32c`` (1 or 0) and
-a log line say which code it got and why.
+Safety: the switch happens only on x86-64 Linux with SSE4.2, only when both symbols are found, and
+only after the original ``Extend`` and ``crc32c_extend`` agree on a set of test inputs. After the
+jump is written, the same inputs go through the patched entry point; any difference restores the
+original bytes. It must run before RocksDB starts any thread (no volume open yet), so no thread can
+be executing the bytes being rewritten: ``storagenode.server.main`` calls it before it opens the
+volumes. Whatever the outcome, the node runs; ``coffer_storagenode_rocksdb_hardware_crc32c`` (1 or
+0) and a log line say which code it got and why.
 
 ELF layout (symbol table entries, ``Elf64_Sym``): System V ABI, "Object Files", chapter 4
 (https://refspecs.linuxfoundation.org/elf/gabi4+/ch4.symtab.html).
@@ -99,6 +99,9 @@ def _switch() -> Crc32cSwitch:
     if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
         return Crc32cSwitch(False, f"kept RocksDB's software CRC32C: no switch for {sys.platform}/"
                                    f"{platform.machine()}")
+    if not cpu_has_sse42():
+        # google-crc32c would fall back to its own table-driven loop: nothing to gain.
+        return Crc32cSwitch(False, "kept RocksDB's software CRC32C: the CPU has no SSE4.2")
     import rocksdict.rocksdict as extension
 
     extend_offset, extend_size = function_symbol(extension.__file__, ROCKSDB_EXTEND_SYMBOL)
@@ -109,6 +112,16 @@ def _switch() -> Crc32cSwitch:
     load_bias = _address_of(rocksdict_library, ROCKSDICT_INIT_SYMBOL) - init_offset
     target = _address_of(ctypes.CDLL(crc32c_library_path()), "crc32c_extend")
     return patch_function(load_bias + extend_offset, target)
+
+
+def cpu_has_sse42(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the first ``flags`` line of ``cpuinfo`` (Linux's CPU description) lists ``sse4_2``
+    (the CRC32 instruction). False when no such line exists. Raises ``OSError`` if unreadable."""
+    with open(cpuinfo, encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            if line.startswith("flags"):
+                return "sse4_2" in line.split()
+    return False
 
 
 def crc32c_library_path() -> str:

@@ -135,6 +135,18 @@ def test_a_missing_symbol_is_a_clear_error(tmp_path: Path) -> None:
         function_symbol(sys.executable, "coffer_no_such_function")
 
 
+def test_the_cpu_flags_decide_whether_there_is_a_crc32_instruction(tmp_path: Path) -> None:
+    from storagenode.rocksdb_crc32c import cpu_has_sse42
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 ssse3 sse4_1 sse4_2 avx2\n")
+    assert cpu_has_sse42(str(cpuinfo)) is True
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 ssse3 sse4_1\n")
+    assert cpu_has_sse42(str(cpuinfo)) is False
+    cpuinfo.write_text("processor\t: 0\n")
+    assert cpu_has_sse42(str(cpuinfo)) is False
+
+
 def test_the_software_flag_keeps_rocksdb_code_and_hardware_is_the_default() -> None:
     base = ["--node-id", "n", "--listen", "127.0.0.1:1", "--volume", "/tmp/v", "--zone", "z", "--rack", "r",
             "--host", "h", "--capacity-bytes", "1", "--metrics-port", "0"]
