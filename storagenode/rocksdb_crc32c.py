@@ -82,8 +82,11 @@ def use_hardware_crc32c() -> Crc32cSwitch:
     """Switch rocksdict's RocksDB to hardware CRC32C in this process (see the module docstring).
 
     Call it before any RocksDB database is opened in the process; later calls return the first
-    outcome. Never raises: every failure leaves RocksDB's own code in place and is reported in
-    the returned ``Crc32cSwitch`` and the ``coffer_storagenode_rocksdb_hardware_crc32c`` gauge.
+    outcome. A failure leaves RocksDB's own code in place and is reported in the returned
+    ``Crc32cSwitch`` and the ``coffer_storagenode_rocksdb_hardware_crc32c`` gauge.
+
+    Raises:
+        RuntimeError: only if a switched entry gave other checksums and could not be restored.
     """
     global _outcome
     if _outcome is None:
@@ -102,6 +105,18 @@ def _switch() -> Crc32cSwitch:
     if not cpu_has_sse42():
         # google-crc32c would fall back to its own table-driven loop: nothing to gain.
         return Crc32cSwitch(False, "kept RocksDB's software CRC32C: the CPU has no SSE4.2")
+    target = _address_of(ctypes.CDLL(crc32c_library_path()), "crc32c_extend")
+    return patch_function(rocksdb_extend_address(), target)
+
+
+def rocksdb_extend_address() -> int:
+    """Where ``rocksdb::crc32c::Extend`` sits in this process: its offset in rocksdict's shared
+    object plus the object's load bias (taken from the exported ``PyInit_rocksdict``).
+
+    Raises:
+        ValueError: a symbol is missing, or ``Extend`` is shorter than the jump.
+        OSError: the shared object cannot be read.
+    """
     import rocksdict.rocksdict as extension
 
     extend_offset, extend_size = function_symbol(extension.__file__, ROCKSDB_EXTEND_SYMBOL)
@@ -109,9 +124,7 @@ def _switch() -> Crc32cSwitch:
     if extend_size < JUMP_BYTES:
         raise ValueError(f"{ROCKSDB_EXTEND_SYMBOL} is {extend_size} bytes, too short for a jump")
     rocksdict_library = ctypes.CDLL(extension.__file__)  # already loaded: the same handle
-    load_bias = _address_of(rocksdict_library, ROCKSDICT_INIT_SYMBOL) - init_offset
-    target = _address_of(ctypes.CDLL(crc32c_library_path()), "crc32c_extend")
-    return patch_function(load_bias + extend_offset, target)
+    return _address_of(rocksdict_library, ROCKSDICT_INIT_SYMBOL) - init_offset + extend_offset
 
 
 def cpu_has_sse42(cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -191,6 +204,8 @@ def patch_function(address: int, target: int) -> Crc32cSwitch:
     Raises:
         OSError: the code pages cannot be made writable (``mprotect`` refused, e.g. by SELinux);
             nothing was changed.
+        RuntimeError: the jump gave other checksums and the original bytes could not be put back
+            (the process must not use RocksDB).
     """
     original = _EXTEND_TYPE(address)
     replacement = _EXTEND_TYPE(target)
@@ -201,7 +216,12 @@ def patch_function(address: int, target: int) -> Crc32cSwitch:
     saved = ctypes.string_at(address, JUMP_BYTES)
     _write_code(address, _JUMP_PREFIX + struct.pack("<Q", target) + _JUMP_SUFFIX)
     if [_call(original, crc, data) for crc, data in inputs] != expected:
-        _write_code(address, saved)
+        try:
+            _write_code(address, saved)
+        except OSError as exc:
+            # Left in place, the jump would give RocksDB wrong checksums: the node must not start.
+            raise RuntimeError("the switched CRC32C gave other checksums and RocksDB's code could not be put "
+                               "back; start the node with --software-crc32c") from exc
         return Crc32cSwitch(False, "kept RocksDB's software CRC32C: the switched code gave other checksums")
     return Crc32cSwitch(True, "RocksDB's CRC32C runs on google-crc32c's hardware code")
 

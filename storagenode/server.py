@@ -286,15 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     tune_malloc()
     config = parse_args(argv)
     setup_logging(f"storagenode/{config.node_id}")
-    # Before any volume opens: no RocksDB thread may run the code being switched.
-    if config.hardware_crc32c:
-        switch = use_hardware_crc32c()
-        log = logger.info if switch.hardware else logger.warning
-        log("rocksdb crc32c", extra={"fields": {"hardware": switch.hardware, "detail": switch.reason}})
-    else:
-        HARDWARE_CRC32C.set(0)
-        logger.info("rocksdb crc32c", extra={"fields": {"hardware": False, "detail": "--software-crc32c"}})
     try:
+        # Before any volume opens: no RocksDB thread may run the code being switched.
+        if config.hardware_crc32c:
+            switch = use_hardware_crc32c()
+            log = logger.info if switch.hardware else logger.warning
+            log("rocksdb crc32c", extra={"fields": {"hardware": switch.hardware, "detail": switch.reason}})
+        else:
+            HARDWARE_CRC32C.set(0)
+            logger.info("rocksdb crc32c", extra={"fields": {"hardware": False, "detail": "--software-crc32c"}})
         uvloop.run(serve(config))
     except (StorageError, RuntimeError, OSError) as exc:
         logger.error("storage node failed", extra={"fields": {"error": str(exc)}})

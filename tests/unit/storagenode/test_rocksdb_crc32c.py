@@ -32,15 +32,11 @@ def run_python(code: str, *args: str) -> dict:
 SWITCHED_EXTEND = """
     import ctypes, json, random
     import google_crc32c
-    import rocksdict.rocksdict as extension
     from prometheus_client import REGISTRY
     from storagenode import rocksdb_crc32c as module
 
     switch = module.use_hardware_crc32c()
-    offset, _size = module.function_symbol(extension.__file__, module.ROCKSDB_EXTEND_SYMBOL)
-    init, _ = module.function_symbol(extension.__file__, module.ROCKSDICT_INIT_SYMBOL)
-    library = ctypes.CDLL(extension.__file__)
-    address = ctypes.cast(library.PyInit_rocksdict, ctypes.c_void_p).value - init + offset
+    address = module.rocksdb_extend_address()
     extend = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_uint32, ctypes.c_char_p, ctypes.c_size_t)(address)
     generator = random.Random(7)
     agree = True
@@ -101,13 +97,9 @@ def test_volumes_written_with_either_code_read_back_with_the_other(tmp_path: Pat
 
 DISAGREEING_REPLACEMENT = """
     import ctypes, json
-    import rocksdict.rocksdict as extension
     from storagenode import rocksdb_crc32c as module
 
-    offset, _size = module.function_symbol(extension.__file__, module.ROCKSDB_EXTEND_SYMBOL)
-    init, _ = module.function_symbol(extension.__file__, module.ROCKSDICT_INIT_SYMBOL)
-    library = ctypes.CDLL(extension.__file__)
-    address = ctypes.cast(library.PyInit_rocksdict, ctypes.c_void_p).value - init + offset
+    address = module.rocksdb_extend_address()
     before = ctypes.string_at(address, 16)
     # labs(crc) is no CRC32C: the switch must refuse it and leave RocksDB's code as it was.
     libc = ctypes.CDLL(None)
