@@ -62,7 +62,7 @@ from client.planner import (
 )
 from client.scanner import LocalEntry, ScanResult, scan
 from client.status import STATE_DIRECTORY, SyncStatus, write_status
-from client.tree import Kind, Node, is_under
+from client.tree import Kind, Node, hold_unknown, is_under, within
 from client.watcher import FolderWatcher
 from common.jitter import jittered
 
@@ -338,7 +338,8 @@ class SyncDaemon:
                 return
 
     async def sync_once(self) -> bool:
-        """One cycle; True if it executed any action (so another cycle may be needed)."""
+        """One cycle; True if it executed any action or the folder moved under its scan (so another
+        cycle is needed)."""
         index = self._index()
         self.status.state = "syncing"
         self.status.cycles += 1
@@ -356,12 +357,20 @@ class SyncDaemon:
         await self._recognise_other_chunkings(result, local, base_records,
                                               {record.path: record for record in remote_records})
         unknown = result.unknown
-        for path in unknown:  # unknown local state: pretend it is unchanged, decide later
-            if path in base:
-                local[path] = base[path]
+        if unknown:
+            # Unknown local state (a file being written, an unreadable entry, a path that moved
+            # during the scan; folders with everything under them): pretend it is unchanged and
+            # decide on a later scan. Reading a folder renamed mid-scan, or one that cannot be
+            # listed, as "its files were deleted" would delete them on the server.
+            local = hold_unknown(local, base, unknown)
+            log.info("local paths in an unknown state (being written, unreadable, or moved during the "
+                     "scan); deciding them on a later scan",
+                     extra={"fields": {"paths": sorted(unknown)[:10], "count": len(unknown)}})
         actions = [action for action in plan(remote, local, base, self.device, now=time.time())
-                   if action.path not in unknown]
+                   if not within(action.path, unknown)]
         if not actions:
+            if result.moved_during_scan:
+                return True  # not in sync yet: scan again (sync_until_idle bounds the repeats)
             self.status.state = "idle"
             self.status.pending_files = 0
             self.status.pending_bytes = 0

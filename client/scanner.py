@@ -8,6 +8,16 @@ not followed (their targets may lie outside the folder) and are reported with sp
 as unstable and not hashed: the daemon retries it later and must keep its last-synced state
 meanwhile, never reading its absence as a delete (`ScanResult.unknown`).
 
+A walk is not a snapshot: a folder renamed while the walk runs can be listed under its old name and
+then be gone, or missed under both names, and its files would read as deleted. So the walk notes
+what moved under it (`ScanResult.moved_during_scan`) and the daemon keeps those paths, and all that
+sits under them, at their last-synced state until a later scan sees them settled:
+- a folder whose own stat changed while it was listed (or within the file clock's last tick) is
+  listed again, since POSIX leaves it unspecified whether readdir returns an entry added or removed
+  during the listing; it is noted if it never settles;
+- an entry listed by its folder but gone before it could be read is noted;
+- a file with a single link seen at two paths was moved during the walk: both paths are noted.
+
 Blocking (os.scandir, file reads, SQLite): the daemon runs `scan`/`scan_paths` in a thread.
 """
 
@@ -31,6 +41,13 @@ _CACHE_BATCH_BYTES = 1 << 30  # a file this large took seconds to hash: save it 
 # its stat ("racy clean", see git's Documentation/technical/racy-git.txt): it is re-hashed rather
 # than trusted from the cache, and its hash is not cached. 2 s covers coarse (FAT) timestamps.
 RACY_WINDOW_NS = 2_000_000_000
+# How often a folder that changed while it was listed is listed again before the walk gives up on it
+# for this scan (each listing takes microseconds; an application rewriting the folder without pause
+# only delays that folder to a later scan).
+LISTING_ATTEMPTS = 3
+# Linux stamps files from a coarse clock that advances once per timer tick (1-10 ms by CONFIG_HZ):
+# a folder changed less than this long ago may change again without its timestamps moving.
+FILE_CLOCK_TICK_NS = 20_000_000
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,8 @@ class ScanResult:
     skipped: (path, reason) for symlinks ("symlink"), special files ("special file"), names that
       are not UTF-8 or too long ("invalid name"), and unreadable entries ("error: ...").
     missing: paths given to `scan_paths` that no longer exist (deleted locally).
+    moved_during_scan: paths that were renamed or removed while the walk read them, or folders whose
+      listing never settled (not in entries; a folder stands for everything under it; rescan later).
     hashed_files / hashed_bytes: files chunked because the stat cache did not match, and their bytes.
     """
 
@@ -62,13 +81,16 @@ class ScanResult:
     unstable: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    moved_during_scan: list[str] = field(default_factory=list)
     hashed_files: int = 0
     hashed_bytes: int = 0
 
     @property
     def unknown(self) -> set[str]:
-        """Paths whose current state is unknown (unstable, or unreadable): keep their base state."""
-        return set(self.unstable) | {path for path, reason in self.skipped if reason.startswith("error")}
+        """Paths whose current state is unknown (unstable, unreadable, or moved during the scan): keep
+        their base state, and that of everything under them (`client.tree.within`)."""
+        return (set(self.unstable) | set(self.moved_during_scan)
+                | {path for path, reason in self.skipped if reason.startswith("error")})
 
 
 class _Walker:
@@ -80,6 +102,9 @@ class _Walker:
         self.result = ScanResult()
         self._cache_rows: list[StatCacheRow] = []
         self._cache_bytes = 0
+        # (device, inode) -> path of every file with a single link seen so far: a second path for
+        # one of them means the file moved while the walk ran (hard links have st_nlink > 1).
+        self._single_link_paths: dict[tuple[int, int], str] = {}
 
     def flush_cache(self) -> None:
         """Write the stat cache rows gathered so far (one transaction)."""
@@ -89,17 +114,25 @@ class _Walker:
             self._cache_bytes = 0
 
     def walk(self, relative_dir: str) -> None:
-        """Add everything under the folder `relative_dir` ("" = the root), depth first."""
+        """Add everything under the folder `relative_dir` ("" = the root), depth first.
+
+        Raises FileNotFoundError if the root itself vanishes (an empty walk would read as "delete
+        everything")."""
         pending = [relative_dir]
         while pending:
             current = pending.pop()
             try:
-                with os.scandir(self.folder / current if current else self.folder) as iterator:
-                    children = sorted(iterator, key=lambda item: item.name)
+                children = self._list(current)
             except FileNotFoundError:
-                continue  # removed while walking
+                if not current:
+                    raise
+                self._moved(current)  # listed by its parent, gone before it could be read
+                continue
             except OSError as exc:
                 self.result.skipped.append((current, f"error: {exc.strerror or exc}"))
+                continue
+            if children is None:
+                self._moved(current)  # kept changing while listed
                 continue
             for child in children:
                 path = f"{current}/{child.name}" if current else child.name
@@ -118,9 +151,34 @@ class _Walker:
                     else:
                         self.result.skipped.append((path, "special file"))
                 except FileNotFoundError:
-                    continue
+                    self._moved(path)
                 except OSError as exc:
                     self.result.skipped.append((path, f"error: {exc.strerror or exc}"))
+
+    def _list(self, relative_dir: str) -> list[os.DirEntry[str]] | None:
+        """The entries of `relative_dir` sorted by name, from a listing during which the folder did not
+        change; None if it changed in every one of LISTING_ATTEMPTS listings. Raises OSError.
+
+        "Did not change": its stat (inode, mtime, ctime) is the same before and after the listing, and
+        older than one tick of the kernel's coarse file clock, since two changes within one tick leave
+        the same timestamps (then the listing is repeated after that tick)."""
+        directory = self.folder / relative_dir if relative_dir else self.folder
+        for _attempt in range(LISTING_ATTEMPTS):
+            before = os.stat(directory)
+            with os.scandir(directory) as iterator:
+                children = sorted(iterator, key=lambda item: item.name)
+            after = os.stat(directory)
+            if _stamp(before) != _stamp(after):
+                continue
+            if time.time_ns() - max(after.st_mtime_ns, after.st_ctime_ns) >= FILE_CLOCK_TICK_NS:
+                return children
+            time.sleep(FILE_CLOCK_TICK_NS / 1e9)
+        return None
+
+    def _moved(self, path: str) -> None:
+        """Note `path` as moved during the scan and drop what the walk had added for it."""
+        self.result.moved_during_scan.append(path)
+        self.result.entries.pop(path, None)
 
     def _valid_name(self, path: str) -> bool:
         try:
@@ -135,6 +193,12 @@ class _Walker:
 
     def add_file(self, path: str, stat: os.stat_result) -> None:
         """Add the regular file `path` with `stat`, from the stat cache or by chunking it."""
+        if stat.st_nlink == 1:
+            first = self._single_link_paths.setdefault((stat.st_dev, stat.st_ino), path)
+            if first != path:  # the same file at two paths: it moved while the walk ran
+                self._moved(first)
+                self._moved(path)
+                return
         racy = time.time_ns() - stat.st_mtime_ns < RACY_WINDOW_NS
         cached = None if racy else self.index.cached_hash(path, stat.st_size, stat.st_mtime_ns, stat.st_ino)
         if cached is not None:
@@ -144,6 +208,7 @@ class _Walker:
         try:
             chunked = chunk_file_stable(self.folder / path, self.settings)
         except FileNotFoundError:
+            self._moved(path)
             return
         if chunked is None:
             self.result.unstable.append(path)
@@ -187,6 +252,11 @@ class _Walker:
             self.result.skipped.append((path, "special file"))
 
 
+def _stamp(stat: os.stat_result) -> tuple[int, int, int]:
+    """What changes when a folder's entries change: its inode (replaced), mtime and ctime (ns)."""
+    return stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns
+
+
 def scan(folder: str | Path, index: LocalIndex, ignore: IgnoreRules,
          settings: ChunkerSettings = ChunkerSettings()) -> ScanResult:
     """Walk the whole `folder` and return its local tree. Blocking.
@@ -194,7 +264,7 @@ def scan(folder: str | Path, index: LocalIndex, ignore: IgnoreRules,
     Files whose (size, mtime_ns, inode) match the index are not read; the others are chunked and
     their hashes stored in the index's stat cache (whose rows for vanished paths are pruned).
     Reloads the ignore rules first if `.cofferignore` changed. Ignored paths are left out silently.
-    Raises OSError only if `folder` itself cannot be listed.
+    Raises OSError only if `folder` itself cannot be listed (or vanishes during the walk).
     """
     root = Path(folder)
     os.scandir(root).close()  # fail loudly if the folder itself is gone or unreadable

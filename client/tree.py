@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -74,6 +75,24 @@ def parents(path: str) -> list[str]:
 def is_under(path: str, folder: str) -> bool:
     """Whether `path` is strictly inside `folder` ("a/b" is under "a"; "a" and "ab" are not)."""
     return path.startswith(folder + "/")
+
+
+def within(path: str, roots: AbstractSet[str]) -> bool:
+    """Whether `path` is one of `roots` or under one of them ("" among `roots` is the whole tree).
+
+    Costs one set lookup per folder above `path`, not one per root."""
+    return path in roots or "" in roots or any(parent in roots for parent in parents(path))
+
+
+def hold_unknown(local: Tree, base: Tree, unknown: AbstractSet[str]) -> dict[str, Node]:
+    """`local` with every path `within` `unknown` given its `base` state (or left out if base lacks it).
+
+    For local paths whose state a scan could not know (a file being written, an unreadable folder, a
+    folder renamed during the walk): the planner then sees them unchanged, so their absence from the
+    scan never reads as a delete."""
+    held = {path: node for path, node in local.items() if not within(path, unknown)}
+    held.update((path, node) for path, node in base.items() if within(path, unknown))
+    return held
 
 
 def with_parents(tree: Tree) -> dict[str, Node]:

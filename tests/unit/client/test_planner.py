@@ -20,7 +20,18 @@ from client.planner import (
     Upload,
     plan,
 )
-from client.tree import Kind, Node, conflicted_copy_name, is_under, parents, path_key, same_content, with_parents
+from client.tree import (
+    Kind,
+    Node,
+    conflicted_copy_name,
+    hold_unknown,
+    is_under,
+    parents,
+    path_key,
+    same_content,
+    with_parents,
+    within,
+)
 from tests.unit.client.sync_model import Device, ModelServer, ServerEntry, World, contents
 
 FILE, FOLDER = Kind.FILE, Kind.FOLDER
@@ -183,6 +194,27 @@ def test_local_move_uploads_before_deleting_remote() -> None:
     ]
 
 
+def test_folder_moved_during_the_scan_is_held_at_base_not_deleted() -> None:
+    # The scan listed "p" (holding "p/a"), then "p/a" was renamed to "p/g" before the walk read it:
+    # the scan has neither, and notes "p/a" as moved during the scan.
+    base = {"p": Node(FOLDER, None, 1), "p/a": Node(FOLDER, None, 2), "p/a/x": Node(FILE, "x", 3, 30),
+            "p/a/y": Node(FILE, "y", 4, 40), "p/ab": Node(FILE, "z", 5, 50)}
+    local = {"p": LOCAL_FOLDER, "p/ab": local_file("z")}
+    assert DeleteRemote("p/a/x", 3, 30, FILE) in plan(base, local, base, "dev")  # what a bare plan would do
+    held = hold_unknown(local, base, {"p/a"})
+    assert held == {"p": LOCAL_FOLDER, "p/ab": local_file("z"), "p/a": base["p/a"], "p/a/x": base["p/a/x"],
+                    "p/a/y": base["p/a/y"]}
+    assert plan(base, held, base, "dev") == []
+
+
+def test_unknown_paths_keep_base_state_and_hide_new_local_entries() -> None:
+    base = {"d": Node(FOLDER, None, 1), "d/x": Node(FILE, "x", 2, 20)}
+    local = {"d": LOCAL_FOLDER, "d/new": local_file("n"), "e": local_file("e")}
+    assert hold_unknown(local, base, {"d"}) == {"d": base["d"], "d/x": base["d/x"], "e": local_file("e")}
+    assert hold_unknown(local, base, {""}) == base  # the root itself unknown: nothing local is trusted
+    assert hold_unknown(local, base, set()) == local
+
+
 def test_kind_change_deletes_make_room_first_children_first() -> None:
     base = {"a": Node(FOLDER, None, 1), "a/x": Node(FILE, "x", 2, 20), "a/x2": Node(FILE, "y", 4, 40)}
     local = {"a": LOCAL_FOLDER, "a/x": local_file("x"), "a/x2": local_file("y")}
@@ -248,6 +280,8 @@ def test_tree_helpers() -> None:
     assert parents("a/b/c") == ["a", "a/b"]
     assert parents("a") == []
     assert is_under("a/b", "a") and not is_under("a", "a") and not is_under("ab", "a")
+    assert within("a", {"a"}) and within("a/b/c", {"a/b"}) and within("z", {""})
+    assert not within("ab", {"a"}) and not within("a", {"a/b"}) and not within("a", set())
     assert sorted(["a/b", "a b", "a"], key=path_key) == ["a", "a/b", "a b"]
     assert same_content(None, None) and not same_content(None, LOCAL_FOLDER)
     assert same_content(Node(FILE, "x", 1, 1), local_file("x")) and not same_content(local_file("x"), LOCAL_FOLDER)

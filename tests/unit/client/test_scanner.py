@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from client import chunking
+from client import chunking, scanner
 from client.chunking import ChunkerSettings, FileChunk, content_digest
 from client.ignore import IGNORE_FILE, IgnoreRules
 from client.index import BaseRecord, LocalIndex
@@ -145,3 +145,84 @@ def test_recently_modified_file_is_rehashed_despite_equal_stat(folder: Path, ind
     second = scan(folder, index, rules, SETTINGS).entries["docs/a.txt"]
     assert (second.size, second.mtime_ns, second.inode) == (first.size, first.mtime_ns, first.inode)
     assert second.chunks == (FileChunk(hashlib.sha256(b"ALPHA").hexdigest(), 0, 5),)
+
+
+class _RenameWhenDecided(IgnoreRules):
+    """Real rules that also rename `source` to `target` on disk the moment the walk asks about `trigger`:
+    a rename landing between a folder's listing and the walk reading what it listed."""
+
+    def __init__(self, folder: Path, trigger: str, source: str, target: str) -> None:
+        super().__init__(folder)
+        self.trigger, self.source, self.target = trigger, folder / source, folder / target
+        self.fired = False
+
+    def ignored(self, path: str, is_dir: bool) -> bool:
+        if path == self.trigger and not self.fired:
+            self.fired = True
+            self.source.rename(self.target)
+        return super().ignored(path, is_dir)
+
+
+def test_folder_renamed_between_listing_and_reading_is_noted_not_dropped(folder: Path, index: LocalIndex) -> None:
+    (folder / "docs" / "deep").mkdir()
+    (folder / "docs" / "deep" / "b.txt").write_bytes(b"beta")
+    # The root is listed (it holds "docs"); "docs" is renamed before the walk lists it.
+    rules = _RenameWhenDecided(folder, "docs", "docs", "papers")
+    result = scan(folder, index, rules, SETTINGS)
+    assert rules.fired
+    assert result.moved_during_scan == ["docs"]
+    assert "docs" in result.unknown
+    assert sorted(result.entries) == ["big.bin", "zero"]  # neither name: the next scan sees "papers"
+    again = scan(folder, index, IgnoreRules.load(folder), SETTINGS)
+    assert again.moved_during_scan == []
+    assert {"papers", "papers/a.txt", "papers/deep/b.txt"} <= set(again.entries)
+
+
+def test_file_moved_into_a_folder_not_yet_walked_is_noted_at_both_paths(folder: Path, index: LocalIndex) -> None:
+    # "big.bin" is read first; before "docs" is listed it moves there: one file (one link) at two paths.
+    rules = _RenameWhenDecided(folder, "zero", "big.bin", "docs/big.bin")
+    result = scan(folder, index, rules, SETTINGS)
+    assert sorted(result.moved_during_scan) == ["big.bin", "docs/big.bin"]
+    assert "big.bin" not in result.entries and "docs/big.bin" not in result.entries
+    assert "docs/a.txt" in result.entries
+
+
+def test_hard_links_are_two_files_not_a_move(folder: Path, index: LocalIndex) -> None:
+    os.link(folder / "docs" / "a.txt", folder / "linked.txt")
+    result = scan(folder, index, IgnoreRules.load(folder), SETTINGS)
+    assert result.moved_during_scan == []
+    assert result.entries["linked.txt"].digest == result.entries["docs/a.txt"].digest
+
+
+def _scandir_that_adds_files(monkeypatch: pytest.MonkeyPatch, folder: Path, times: int) -> list[int]:
+    """Make the walker's listings of `folder` create a new file there while listing, `times` times."""
+    real_scandir = os.scandir
+    listings = [0]
+
+    def scandir_while_writing(path: str | os.PathLike[str]) -> object:
+        iterator = real_scandir(path)
+        if Path(path) == folder and listings[0] < times:
+            listings[0] += 1
+            (folder / f"new-{listings[0]}.txt").write_bytes(b"written during the listing")
+        return iterator
+
+    monkeypatch.setattr(scanner.os, "scandir", scandir_while_writing)
+    return listings
+
+
+def test_folder_changed_during_its_listing_is_listed_again(folder: Path, index: LocalIndex,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    listings = _scandir_that_adds_files(monkeypatch, folder / "docs", times=1)
+    result = scan(folder, index, IgnoreRules.load(folder), SETTINGS)
+    assert listings == [1]
+    assert result.moved_during_scan == []
+    assert {"docs/a.txt", "docs/new-1.txt"} <= set(result.entries)
+
+
+def test_folder_that_never_settles_is_noted_with_everything_under_it(folder: Path, index: LocalIndex,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    _scandir_that_adds_files(monkeypatch, folder / "docs", times=scanner.LISTING_ATTEMPTS)
+    result = scan(folder, index, IgnoreRules.load(folder), SETTINGS)
+    assert result.moved_during_scan == ["docs"]
+    assert not any(path == "docs" or path.startswith("docs/") for path in result.entries)
+    assert "big.bin" in result.entries
