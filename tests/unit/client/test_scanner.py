@@ -206,7 +206,7 @@ def _scandir_that_adds_files(monkeypatch: pytest.MonkeyPatch, folder: Path, time
             (folder / f"new-{listings[0]}.txt").write_bytes(b"written during the listing")
         return iterator
 
-    monkeypatch.setattr(scanner.os, "scandir", scandir_while_writing)
+    monkeypatch.setattr(os, "scandir", scandir_while_writing)  # os.scandir itself: the walker calls it
     return listings
 
 
