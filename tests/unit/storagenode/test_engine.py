@@ -405,19 +405,17 @@ def test_flushed_and_read_fragment_data_stays_out_of_the_page_cache_with_direct_
         assert resident >= len(data)
 
 
-def _threads_named(name: str) -> list[tuple[int, int]]:
-    """(thread id, nice value) of this process's threads called ``name`` (/proc/self/task)."""
-    threads = []
+def _nice_of_threads_named(name: str) -> list[int]:
+    """Nice values of this process's threads called ``name``: Linux gives each thread its own
+    (``getpriority`` on a thread id, sched(7))."""
+    nice_values = []
     for task in Path("/proc/self/task").iterdir():
         try:
-            stat = (task / "stat").read_text()
-        except FileNotFoundError:  # the thread ended while we listed
+            if (task / "comm").read_text().strip() == name:
+                nice_values.append(os.getpriority(os.PRIO_PROCESS, int(task.name)))
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended while we listed
             continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        if comm == name:
-            # proc(5): after the command, field 19 (nice) is the 17th.
-            threads.append((int(task.name), int(stat[stat.rindex(")") + 2:].split()[16])))
-    return threads
+    return nice_values
 
 
 def test_flushes_and_compactions_run_at_the_lowest_cpu_priority(engine: FragmentEngine) -> None:
@@ -428,12 +426,12 @@ def test_flushes_and_compactions_run_at_the_lowest_cpu_priority(engine: Fragment
         engine.put(chunk_hash_for(seed), 0, 1, memoryview(data), crc32c(data), 4_194_304)
 
     engine.flush()  # a job on RocksDB's high-priority pool
-    engine.compact(0)  # one on its low-priority pool
+    engine.compact(engine.volume_index(chunk_hash_for(0)))  # one on its low-priority pool
 
-    flush_threads = _threads_named("rocksdb:high")
-    compaction_threads = _threads_named("rocksdb:low")
+    flush_threads = _nice_of_threads_named("rocksdb:high")
+    compaction_threads = _nice_of_threads_named("rocksdb:low")
     assert flush_threads and compaction_threads
-    assert {nice for _tid, nice in flush_threads} == {19}
+    assert set(flush_threads) == {19}
     # A low-pool thread lowers itself when it takes a job; one that has not run any keeps nice 0.
-    assert 19 in {nice for _tid, nice in compaction_threads}
+    assert 19 in compaction_threads
     assert os.getpriority(os.PRIO_PROCESS, 0) < 19  # requests' threads keep their priority
