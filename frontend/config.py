@@ -18,8 +18,9 @@ MAX_USER_METADATA_BYTES = 2 * 1024
 #: storage node takes 16 fragments (~6.7 MB) per message and group commit. A node's cost per
 #: message (gRPC and Python handling, wake-ups, a WAL append in small pieces) is large: 256 MiB PUTs
 #: on the 14-node dev cluster cost the nodes 0.95-0.99 CPU-s each at 32 against 1.39-1.50 at 8
-#: (1.19-1.26 at 16); their MB/s moved less and within noise. Memory is the price: a PUT peaks at
-#: ~550 MB of frontend RSS (~210 MB at 8); ``upload_memory_bytes`` bounds the sum. Beyond 32 a batch
+#: (1.19-1.26 at 16); their MB/s moved less and within noise. Memory is the price: one 256 MiB PUT
+#: peaks at ~550 MB of frontend RSS (~210 MB at 8); ``upload_memory_bytes`` bounds the chunk
+#: windows of all uploads together (their fragments in flight come on top). Beyond 32 a batch
 #: exceeds the storage-node client's 8 MiB message bound and is split (48: no gain).
 PARALLEL_CHUNKS = 32
 
