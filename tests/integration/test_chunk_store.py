@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from common.layout import CHUNK_SIZE, STRIPE_WIDTH, placement_group
 from frontend.chunk_store import ChunkStore, ChunkToWrite
 from frontend.datapath_errors import ChunkCorrupt, ChunkUnavailable, EntityTooLarge, InsufficientFragments
 from frontend.erasure import ErasureCoder, data_fragment_payload_range, fragment_payload_bytes
-from frontend.object_io import read_stream, read_stream_pieces, write_stream
+from frontend.object_io import STREAM_HASH_AHEAD_CHUNKS, read_stream, read_stream_pieces, write_stream
 from metadata.records import ObjectRecord
 from metadata.sqlite_store import SqliteMetadataStore
 from placement.cluster_map import ClusterMap, FailureDomain, Node, NodeState
@@ -354,6 +355,88 @@ def test_write_stream_never_stalls_on_a_partial_batch(cluster: Cluster, tmp_path
         )
         assert (len(written.chunks), written.new_chunk_count) == (7, 2)
         assert store.batches == [1, 1]
+
+    try:
+        run_with_pool(body)
+    finally:
+        metadata.close()
+
+
+class _GatedHasher:
+    """A stream hasher (SHA-1 inside) whose first ``update`` blocks until ``release`` is set, or 10 s;
+    ``released_in_time`` says which."""
+
+    def __init__(self, release: threading.Event) -> None:
+        self.inner = hashlib.sha1(usedforsecurity=False)
+        self.release = release
+        self.released_in_time: bool | None = None
+
+    def update(self, data: bytes) -> None:
+        if self.released_in_time is None:
+            self.released_in_time = self.release.wait(timeout=10)
+        self.inner.update(data)
+
+
+class _CountingHasher:
+    """A stream hasher (SHA-256 inside) that sets ``seen_three`` once it has been fed three times."""
+
+    def __init__(self) -> None:
+        self.inner = hashlib.sha256()
+        self.updates = 0
+        self.seen_three = threading.Event()
+
+    def update(self, data: bytes) -> None:
+        self.inner.update(data)
+        self.updates += 1
+        if self.updates == 3:
+            self.seen_three.set()
+
+
+def test_stream_hashers_run_apart_and_hold_the_body_back(cluster: Cluster, tmp_path: Path) -> None:
+    # One stream hasher stalls on the body's first chunk until another has seen three chunks: the
+    # other must not wait behind it. And while one stalls, the body is read no more than
+    # STREAM_HASH_AHEAD_CHUNKS chunks ahead of it (plus the chunk that waits to be submitted),
+    # although the chunk window would allow all of it.
+    metadata = SqliteMetadataStore(tmp_path / "meta.sqlite")
+    chunk_size = 100_000
+    chunk_count = 12
+    body_bytes = random.Random(25).randbytes(chunk_count * chunk_size)
+    second_body_bytes = random.Random(26).randbytes(chunk_count * chunk_size)
+    counting = _CountingHasher()
+    gated = _GatedHasher(counting.seen_three)
+    release_reader = threading.Event()
+    reader_gated = _GatedHasher(release_reader)
+    yielded = 0
+
+    async def counted_body() -> AsyncIterator[bytes]:
+        nonlocal yielded
+        for start in range(0, len(second_body_bytes), chunk_size):
+            yielded += 1
+            yield second_body_bytes[start : start + chunk_size]
+
+    async def body(pool: StorageNodePool) -> None:
+        store = cluster.store(pool)
+        written = await asyncio.wait_for(
+            write_stream(_chunks([body_bytes]), store, metadata, observers=[gated, counting],
+                         chunk_size=chunk_size, parallel_chunks=2 * chunk_count),
+            timeout=60,
+        )
+        assert gated.released_in_time is True
+        assert gated.inner.digest() == hashlib.sha1(body_bytes, usedforsecurity=False).digest()
+        assert counting.inner.digest() == hashlib.sha256(body_bytes).digest()
+        assert written.md5_hex == hashlib.md5(body_bytes, usedforsecurity=False).hexdigest()
+
+        writing = asyncio.ensure_future(
+            write_stream(counted_body(), store, metadata, observers=[reader_gated], chunk_size=chunk_size,
+                         parallel_chunks=2 * chunk_count))
+        try:
+            await asyncio.sleep(1.0)
+            assert yielded == STREAM_HASH_AHEAD_CHUNKS + 1
+        finally:
+            release_reader.set()
+        await asyncio.wait_for(writing, timeout=60)
+        assert yielded == chunk_count
+        assert reader_gated.inner.digest() == hashlib.sha1(second_body_bytes, usedforsecurity=False).digest()
 
     try:
         run_with_pool(body)
