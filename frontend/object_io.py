@@ -427,7 +427,8 @@ async def write_stream(
 
     ``body`` yields bytes-like pieces of any size. Chunks are cut at body offsets that are
     multiples of ``chunk_size`` (bytes); an empty body has no chunks. ``observers`` receive every
-    byte of the body in order (``update`` is called from a worker thread, one chunk at a time).
+    byte of the body in order (``update`` is called from a worker thread, one chunk at a time);
+    different observers are updated at the same time, so they must not share state.
     Every chunk is pinned under ``pin_id`` (``new_pin_id()`` when None) with
     ``metadata.pin_chunks``, called in a thread for the chunks hashed since the previous call;
     LIVE chunks are not written. At most ``parallel_chunks`` chunks are hashed or written at once.
