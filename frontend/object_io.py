@@ -56,10 +56,13 @@ PUT_WAITS = Counter("coffer_gc_put_waits_total",
 
 #: Chunks fetched ahead of the one being sent by ``read_stream`` (the one being sent included).
 #: The window is refilled once half of it is consumed, with its fetches started together, so
-#: each node gets the fragments of several chunks as one batch. 8 (32 MiB of 4 MiB chunks in flight
-#: per GET) against 4: 256 MiB GETs 370-435 MB/s instead of 340-385, node CPU per GB -20% (bigger
-#: batches); 16 gained nothing more.
-READ_AHEAD_CHUNKS = 8
+#: each node gets the fragments of several chunks as one batch (one executor call, one message).
+#: A large GET is CPU-bound on two cores (servers plus client), so batch size is what pays: 256 MiB
+#: GETs on the 14-node dev cluster (means of 16, alternating runs) cost the nodes 1.28-1.36 CPU-s
+#: per GB at 16 against 1.70-1.72 at 8, and ran 389-400 MB/s against 362-370. 24 and 32 cut the
+#: nodes' CPU little more (1.23-1.33) but ran slower (348-368 MB/s; the client spent more). 8 had
+#: beaten 4 the same way. Memory is the price: up to 64 MiB of fragments per GET.
+READ_AHEAD_CHUNKS = 16
 
 #: How many chunks a body may be read ahead of its stream hashers (MD5, the signed payload's
 #: SHA-256, flexible checksums). A stream hasher is a serial chain, one chunk after the other, while
