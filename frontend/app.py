@@ -30,13 +30,13 @@ from frontend.cluster_view import ClusterView
 from frontend.config import FrontendConfig, parse_args
 from frontend.erasure import ErasureCoder
 from frontend.garbage_collector import GarbageCollector
+from frontend.memory_budget import MemoryBudget
 from frontend.s3.context import S3Services
 from frontend.s3.dispatch import S3Dispatcher
 from frontend.sync.api import add_sync_routes, is_virtual_hosted
 from frontend.sync.chunks import ChunkTransfer
 from frontend.sync.notifier import ChangeNotifier
 from frontend.sync.services import SyncServices, SyncSettings, ensure_presign_key
-from frontend.upload_budget import UploadBudget
 from metadata.sqlite_store import SqliteMetadataStore
 from metadata.sqlite_sync_store import SqliteSyncStore
 from placement.watcher import ClusterMapWatcher
@@ -155,7 +155,8 @@ async def start_frontend(config: FrontendConfig) -> Frontend:
     nodes = StorageNodePool()
     chunk_store = ChunkStore(view.current, nodes, coder, write_quorum=config.write_quorum)
     services = S3Services(metadata=metadata, chunk_store=chunk_store, config=config,
-                          upload_budget=UploadBudget(config.upload_memory_bytes))
+                          upload_budget=MemoryBudget(config.upload_memory_bytes, name="upload"),
+                          read_budget=MemoryBudget(config.read_memory_bytes, name="read"))
     sync = SyncServices(
         s3=services, store=SqliteSyncStore(metadata), notifier=ChangeNotifier(),
         presign_key=await asyncio.to_thread(ensure_presign_key, metadata),

@@ -35,7 +35,8 @@ class FrontendConfig:
     bucket (virtual-hosted-style). ``parallel_chunks``: chunks of one request in progress at once
     (new stripes are sent in batches of half as many).
     ``erasure_workers``: processes that run the erasure coder. ``upload_memory_bytes``: memory all
-    uploads in progress may hold together (beyond it, uploads wait their turn).
+    uploads in progress may hold together (beyond it, uploads wait their turn);
+    ``read_memory_bytes``: the same for the read-ahead windows of all reads in progress.
 
     Garbage collection (frontend/garbage_collector.py; seconds): ``gc_enabled`` runs the collector
     in this process. ``gc_grace_seconds``: how long a chunk stays unreferenced before it is
@@ -65,6 +66,7 @@ class FrontendConfig:
     erasure_workers: int = 2
     map_timeout_seconds: float = 60.0
     upload_memory_bytes: int = 1024**3
+    read_memory_bytes: int = 1024**3
     gc_enabled: bool = True
     gc_grace_seconds: float = 3600.0
     gc_interval_seconds: float = 60.0
@@ -97,6 +99,8 @@ def parse_args(argv: list[str] | None) -> FrontendConfig:
     parser.add_argument("--erasure-workers", type=int, default=2)
     parser.add_argument("--upload-memory", type=int, default=1024**3,
                         help="bytes all uploads in progress may hold together (default 1 GiB)")
+    parser.add_argument("--read-memory", type=int, default=1024**3,
+                        help="bytes the read-ahead of all reads in progress may hold together (default 1 GiB)")
     parser.add_argument("--gc-grace", type=float, default=3600.0,
                         help="seconds a chunk stays unreferenced before garbage collection deletes it")
     parser.add_argument("--gc-interval", type=float, default=60.0, help="seconds between collection passes")
@@ -120,7 +124,7 @@ def parse_args(argv: list[str] | None) -> FrontendConfig:
         parser.error(f"--parallel-chunks must be at least 1, got {args.parallel_chunks}")
     if not 1 <= args.sync_url_lifetime <= 604_800:
         parser.error("--sync-url-lifetime must be 1..604800 seconds")
-    for name in ("sync_upload_lifetime", "sync_longpoll_max"):
+    for name in ("upload_memory", "read_memory", "sync_upload_lifetime", "sync_longpoll_max"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0")
     for name in ("gc_grace", "gc_interval", "orphan_grace", "orphan_sweep_interval", "pin_ttl", "gc_wait"):
@@ -141,6 +145,7 @@ def parse_args(argv: list[str] | None) -> FrontendConfig:
         parallel_chunks=args.parallel_chunks,
         erasure_workers=args.erasure_workers,
         upload_memory_bytes=args.upload_memory,
+        read_memory_bytes=args.read_memory,
         gc_enabled=not args.no_gc,
         gc_grace_seconds=args.gc_grace,
         gc_interval_seconds=args.gc_interval,

@@ -17,8 +17,8 @@ Nothing but pins is recorded in metadata here: the caller commits metadata with 
 this returns ("blocks first, then metadata"), or calls ``release_pins`` on failure. The protocol
 and why it is race-free: metadata/store.py.
 
-Read: ``read_stream`` yields the bytes of an object range chunk by chunk while the next chunk is
-already being fetched.
+Read: ``read_stream`` yields the bytes of an object range chunk by chunk while the next chunks are
+already being fetched (up to ``READ_AHEAD_CHUNKS``), once a ``MemoryBudget`` has room for them.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from common.layout import CHUNK_SIZE
 from frontend.chunk_store import ChunkStore, ChunkToWrite
 from frontend.datapath_errors import ChunkBeingCollected, EntityTooLarge
 from frontend.erasure import ChunkBuffer
+from frontend.memory_budget import MemoryBudget
 from metadata.records import ChunkRef, PinResult
 
 log = logging.getLogger("frontend.object_io")
@@ -496,37 +497,40 @@ async def write_stream(
 
 
 async def read_stream(
-    store: ChunkStore, chunks: Sequence[ChunkRef], start: int, end: int
+    store: ChunkStore, chunks: Sequence[ChunkRef], start: int, end: int, *, budget: MemoryBudget | None = None
 ) -> AsyncIterator[bytes]:
     """Yield the bytes ``[start, end)`` of an object made of ``chunks`` (in offset order).
 
     One ``bytes`` piece per chunk the range touches (``read_stream_pieces`` joined per chunk: one
     copy); the next chunks are fetched while the current one is being consumed
-    (up to ``READ_AHEAD_CHUNKS`` in flight). Closing the iterator early cancels the fetches.
+    (up to ``READ_AHEAD_CHUNKS`` in flight). Before the first fetch, ``budget`` (when given) is asked
+    for the read-ahead window (bytes: the sizes of up to ``READ_AHEAD_CHUNKS`` touched chunks),
+    held until the iterator ends; waiting for it is the only delay a full budget causes. Closing
+    the iterator early cancels the fetches and frees the window.
 
     Raises:
         ValueError: ``not 0 <= start <= end <= object size``.
         ChunkUnavailable, ChunkCorrupt: from ``ChunkStore.read_chunk`` (retryable).
     """
-    async with contextlib.aclosing(_chunk_pieces(store, chunks, start, end)) as per_chunk:
+    async with contextlib.aclosing(_chunk_pieces(store, chunks, start, end, budget)) as per_chunk:
         async for pieces in per_chunk:
             yield bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
 
 
 async def read_stream_pieces(
-    store: ChunkStore, chunks: Sequence[ChunkRef], start: int, end: int
+    store: ChunkStore, chunks: Sequence[ChunkRef], start: int, end: int, *, budget: MemoryBudget | None = None
 ) -> AsyncIterator[memoryview]:
     """``read_stream`` without the per-chunk join: yields non-empty read-only views that concatenate
     to bytes ``[start, end)`` (``ChunkStore.read_chunk_pieces``: about one per data fragment, views
-    of the received messages, never copied). Same read-ahead, cancellation and errors."""
-    async with contextlib.aclosing(_chunk_pieces(store, chunks, start, end)) as per_chunk:
+    of the received messages, never copied). Same read-ahead, budget, cancellation and errors."""
+    async with contextlib.aclosing(_chunk_pieces(store, chunks, start, end, budget)) as per_chunk:
         async for pieces in per_chunk:
             for piece in pieces:
                 yield piece
 
 
 async def _chunk_pieces(
-    store: ChunkStore, chunks: Sequence[ChunkRef], start: int, end: int
+    store: ChunkStore, chunks: Sequence[ChunkRef], start: int, end: int, budget: MemoryBudget | None
 ) -> AsyncGenerator[list[memoryview], None]:
     """The non-empty pieces of each chunk the range touches, in order, up to ``READ_AHEAD_CHUNKS`` in flight."""
     total = sum(chunk.size for chunk in chunks)
@@ -537,25 +541,33 @@ async def _chunk_pieces(
         for chunk in chunks
         if chunk.offset < end and chunk.offset + chunk.size > start
     ]
-    fetches: deque[asyncio.Task[list[memoryview]]] = deque()
-    position = 0
-    try:
-        while position < len(wanted) or fetches:
-            refill = len(fetches) <= READ_AHEAD_CHUNKS // 2
-            while refill and position < len(wanted) and len(fetches) < READ_AHEAD_CHUNKS:
-                chunk, chunk_start, chunk_end = wanted[position]
-                fetches.append(
-                    asyncio.create_task(
-                        store.read_chunk_pieces(bytes.fromhex(chunk.hash), chunk.size, chunk_start, chunk_end)
+    if budget is None or not wanted:
+        reservation: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
+    else:
+        # The most chunk bytes in flight at once: a ranged read fetches whole data fragments, so a
+        # chunk it touches counts whole.
+        sizes = [chunk.size for chunk, _start, _end in wanted]
+        reservation = budget.reserve(min(sum(sizes), READ_AHEAD_CHUNKS * max(sizes)))
+    async with reservation:
+        fetches: deque[asyncio.Task[list[memoryview]]] = deque()
+        position = 0
+        try:
+            while position < len(wanted) or fetches:
+                refill = len(fetches) <= READ_AHEAD_CHUNKS // 2
+                while refill and position < len(wanted) and len(fetches) < READ_AHEAD_CHUNKS:
+                    chunk, chunk_start, chunk_end = wanted[position]
+                    fetches.append(
+                        asyncio.create_task(
+                            store.read_chunk_pieces(bytes.fromhex(chunk.hash), chunk.size, chunk_start, chunk_end)
+                        )
                     )
-                )
-                position += 1
-            pieces = await fetches[0]
-            fetches.popleft()
-            pieces = [piece for piece in pieces if piece]
-            if pieces:
-                yield pieces
-    finally:
-        for task in fetches:
-            task.cancel()
-        await asyncio.gather(*fetches, return_exceptions=True)
+                    position += 1
+                pieces = await fetches[0]
+                fetches.popleft()
+                pieces = [piece for piece in pieces if piece]
+                if pieces:
+                    yield pieces
+        finally:
+            for task in fetches:
+                task.cancel()
+            await asyncio.gather(*fetches, return_exceptions=True)

@@ -13,10 +13,10 @@ from aiohttp import web
 from common.layout import CHUNK_SIZE
 from frontend.chunk_store import ChunkStore
 from frontend.config import FrontendConfig
+from frontend.memory_budget import MemoryBudget
 from frontend.object_io import Hasher, WrittenContent, write_stream
 from frontend.s3.router import Operation
 from frontend.s3.sigv4 import AuthContext
-from frontend.upload_budget import UploadBudget
 from metadata.store import MetadataStore
 
 P = ParamSpec("P")
@@ -25,12 +25,17 @@ T = TypeVar("T")
 
 @dataclass
 class S3Services:
-    """Long-lived services shared by every request of one frontend process."""
+    """Long-lived services shared by every request of one frontend process.
+
+    ``upload_budget`` bounds the chunk windows of all uploads in progress, ``read_budget`` the
+    read-ahead windows of all reads (GetObject, sync chunk downloads, UploadPartCopy's source).
+    """
 
     metadata: MetadataStore
     chunk_store: ChunkStore
     config: FrontendConfig
-    upload_budget: UploadBudget
+    upload_budget: MemoryBudget
+    read_budget: MemoryBudget
 
     def upload_window(self, declared_length: int) -> int:
         """Bytes an upload of ``declared_length`` bytes can hold at once: its chunk window."""

@@ -131,7 +131,8 @@ async def upload_part_copy(call: S3Call) -> web.StreamResponse:
     if end - start > MAX_PART_BYTES:
         raise errors.InvalidRequest("The specified copy source is larger than the maximum allowable size for "
                                     "a copy source: 5368709120")
-    pieces = object_io.read_stream(call.services.chunk_store, source.chunks, start, end)
+    pieces = object_io.read_stream(call.services.chunk_store, source.chunks, start, end,
+                                   budget=call.services.read_budget)
     pin_id = object_io.new_pin_id()  # see put_object: pinned until the commit or release_pins
     try:
         written = await call.services.store_body(pieces, end - start, pin_id)

@@ -19,10 +19,9 @@ from typing import cast
 from aiohttp import web
 
 from frontend import object_io
-from frontend.chunk_store import ChunkStore
 from frontend.config import MAX_SINGLE_PUT_BYTES
 from frontend.s3 import checksums, errors, names, xml
-from frontend.s3.context import S3Call, iso8601
+from frontend.s3.context import S3Call, S3Services, iso8601
 from frontend.s3.object_headers import (
     DEFAULT_CONTENT_TYPE,
     RESPONSE_OVERRIDES,
@@ -201,19 +200,20 @@ class StreamAborted(Exception):
         self.response = response
 
 
-async def stream_content(request: web.Request, chunk_store: ChunkStore, chunks: Sequence[ChunkRef], start: int,
+async def stream_content(request: web.Request, services: S3Services, chunks: Sequence[ChunkRef], start: int,
                          end: int, status: int, headers: dict[str, str], log_fields: dict[str, object]
                          ) -> web.StreamResponse:
     """Send bytes ``start..end`` of the content made of ``chunks`` as the body of a ``status``
-    response, stripes read ahead by ``object_io.read_stream_pieces`` and their payload views written
-    as they are (no per-chunk join).
+    response, stripes read ahead by ``object_io.read_stream_pieces`` (within ``services.read_budget``)
+    and their payload views written as they are (no per-chunk join).
 
     The first piece is read before the status line, so an unreadable first stripe is a clean error
     (the caller's exception, e.g. 503). A failure after that aborts the connection and raises
     StreamAborted: the client sees a short body, never wrong bytes. ``log_fields`` name the content
     in that warning."""
     # read_stream_pieces is an async generator: closing it cancels its read-ahead.
-    stream = cast(AsyncGenerator[memoryview, None], object_io.read_stream_pieces(chunk_store, chunks, start, end))
+    stream = cast(AsyncGenerator[memoryview, None], object_io.read_stream_pieces(
+        services.chunk_store, chunks, start, end, budget=services.read_budget))
     async with contextlib.aclosing(stream):
         first: bytes | memoryview = await anext(stream) if end > start else b""
         response = web.StreamResponse(status=status, headers=headers)
@@ -296,7 +296,7 @@ async def get_object(call: S3Call) -> web.StreamResponse:
                                                  "Last-Modified": headers["Last-Modified"]})
     start, end, status = _selection(call, record, headers)
     headers["x-amz-request-id"] = call.request_id
-    return await stream_content(call.request, call.services.chunk_store, record.chunks, start, end, status, headers,
+    return await stream_content(call.request, call.services, record.chunks, start, end, status, headers,
                                 {"bucket": call.bucket, "key": call.key, "request_id": call.request_id})
 
 

@@ -218,7 +218,7 @@ class ChunkTransfer:
         if request.method == "HEAD":
             headers["Content-Length"] = str(size)
             return web.Response(status=200, headers=headers)
-        response = await stream_content(request, self.services.s3.chunk_store, refs, 0, size, 200, headers,
+        response = await stream_content(request, self.services.s3, refs, 0, size, 200, headers,
                                         {"chunk": chunk_hash})
         CHUNK_BYTES.labels("down").inc(size)
         return response

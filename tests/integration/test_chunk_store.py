@@ -29,7 +29,14 @@ from common.layout import CHUNK_SIZE, STRIPE_WIDTH, placement_group
 from frontend.chunk_store import ChunkStore, ChunkToWrite
 from frontend.datapath_errors import ChunkCorrupt, ChunkUnavailable, EntityTooLarge, InsufficientFragments
 from frontend.erasure import ErasureCoder, data_fragment_payload_range, fragment_payload_bytes
-from frontend.object_io import STREAM_HASH_AHEAD_CHUNKS, read_stream, read_stream_pieces, write_stream
+from frontend.memory_budget import MemoryBudget
+from frontend.object_io import (
+    READ_AHEAD_CHUNKS,
+    STREAM_HASH_AHEAD_CHUNKS,
+    read_stream,
+    read_stream_pieces,
+    write_stream,
+)
 from metadata.records import ObjectRecord
 from metadata.sqlite_store import SqliteMetadataStore
 from placement.cluster_map import ClusterMap, FailureDomain, Node, NodeState
@@ -288,6 +295,49 @@ def test_write_stream_cuts_hashes_dedups_and_reads_back(cluster: Cluster, tmp_pa
             assert await anext(stream) == body_bytes[:chunk_size]
             await stream.aclose()  # type: ignore[attr-defined]
 
+        run_with_pool(body)
+    finally:
+        metadata.close()
+
+
+def test_reads_hold_their_read_ahead_window_in_the_budget(cluster: Cluster, tmp_path: Path) -> None:
+    # A read reserves its read-ahead window before its first fetch and gives it back when it ends
+    # or is closed; a read that does not fit waits (without failing) until one ends.
+    metadata = SqliteMetadataStore(tmp_path / "meta.sqlite")
+    chunk_size = 100_000
+    long_bytes = random.Random(27).randbytes((READ_AHEAD_CHUNKS + 4) * chunk_size + 1)
+    short_bytes = random.Random(28).randbytes(3 * chunk_size)
+    window = READ_AHEAD_CHUNKS * chunk_size
+
+    async def body(pool: StorageNodePool) -> None:
+        store = cluster.store(pool)
+        long = await write_stream(_chunks([long_bytes]), store, metadata, chunk_size=chunk_size)
+        short = await write_stream(_chunks([short_bytes]), store, metadata, chunk_size=chunk_size)
+        budget = MemoryBudget(window + 3 * chunk_size, name="test-read")
+        first = read_stream(store, long.chunks, 0, long.size, budget=budget)
+        assert await anext(first) == long_bytes[:chunk_size]
+        assert budget.available == 3 * chunk_size
+        # Whole chunks count, even for a range of a few bytes; a short object holds only its own.
+        ranged = read_stream_pieces(store, long.chunks, chunk_size - 5, chunk_size + 5, budget=budget)
+        assert bytes(await anext(ranged)) == long_bytes[chunk_size - 5 : chunk_size]
+        assert budget.available == chunk_size
+        await ranged.aclose()  # type: ignore[attr-defined]
+        assert budget.available == 3 * chunk_size
+        assert b"".join([piece async for piece in read_stream(store, short.chunks, 0, short.size,
+                                                               budget=budget)]) == short_bytes
+        # A second long read does not fit beside the first: it waits until the first has ended.
+        second = read_stream(store, long.chunks, 0, long.size, budget=budget)
+        waiting = asyncio.ensure_future(anext(second))
+        await asyncio.sleep(0.5)
+        assert not waiting.done() and budget.available == 3 * chunk_size
+        rest = b"".join([piece async for piece in first])
+        assert long_bytes[:chunk_size] + rest == long_bytes
+        assert await asyncio.wait_for(waiting, timeout=30) == long_bytes[:chunk_size]
+        assert budget.available == 3 * chunk_size
+        await second.aclose()  # type: ignore[attr-defined]
+        assert budget.available == window + 3 * chunk_size
+
+    try:
         run_with_pool(body)
     finally:
         metadata.close()
