@@ -58,11 +58,12 @@ PUT_WAITS = Counter("coffer_gc_put_waits_total",
 #: Chunks fetched ahead of the one being sent by ``read_stream`` (the one being sent included).
 #: The window is refilled once half of it is consumed, with its fetches started together, so
 #: each node gets the fragments of several chunks as one batch (one executor call, one message).
-#: A large GET is CPU-bound on two cores (servers plus client), so batch size is what pays: 256 MiB
-#: GETs on the 14-node dev cluster (means of 16, alternating runs) cost the nodes 1.28-1.36 CPU-s
-#: per GB at 16 against 1.70-1.72 at 8, and ran 389-400 MB/s against 362-370. 24 and 32 cut the
-#: nodes' CPU little more (1.23-1.33) but ran slower (348-368 MB/s; the client spent more). 8 had
-#: beaten 4 the same way. Memory is the price: up to 64 MiB of fragments per GET.
+#: Much of the nodes' share of a large GET is paid per message (Python, gRPC, executor wake-ups),
+#: so batch size pays: 256 MiB GETs on the 14-node dev cluster (means of 16, alternating runs)
+#: cost the nodes 1.28-1.36 CPU-s per GB at 16 against 1.70-1.72 at 8, and ran 389-400 MB/s
+#: against 362-370. 24 and 32 cut the nodes' CPU little more (1.23-1.33) but ran slower (348-368
+#: MB/s; the client spent more). 8 had beaten 4 the same way. Memory is the price: up to 64 MiB
+#: of fragments per GET, taken from the frontend's read budget (frontend/memory_budget.py).
 READ_AHEAD_CHUNKS = 16
 
 #: How many chunks a body may be read ahead of its stream hashers (MD5, the signed payload's
