@@ -499,7 +499,7 @@ async def write_stream(
 
 async def read_stream(
     store: ChunkStore, chunks: Sequence[ChunkRef], start: int, end: int, *, budget: MemoryBudget | None = None
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Yield the bytes ``[start, end)`` of an object made of ``chunks`` (in offset order).
 
     One ``bytes`` piece per chunk the range touches (``read_stream_pieces`` joined per chunk: one
@@ -520,7 +520,7 @@ async def read_stream(
 
 async def read_stream_pieces(
     store: ChunkStore, chunks: Sequence[ChunkRef], start: int, end: int, *, budget: MemoryBudget | None = None
-) -> AsyncIterator[memoryview]:
+) -> AsyncGenerator[memoryview, None]:
     """``read_stream`` without the per-chunk join: yields non-empty read-only views that concatenate
     to bytes ``[start, end)`` (``ChunkStore.read_chunk_pieces``: about one per data fragment, views
     of the received messages, never copied). Same read-ahead, budget, cancellation and errors."""

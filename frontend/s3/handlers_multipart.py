@@ -10,6 +10,7 @@ upload only writes metadata, in one transaction.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import time
@@ -131,17 +132,19 @@ async def upload_part_copy(call: S3Call) -> web.StreamResponse:
     if end - start > MAX_PART_BYTES:
         raise errors.InvalidRequest("The specified copy source is larger than the maximum allowable size for "
                                     "a copy source: 5368709120")
-    pieces = object_io.read_stream(call.services.chunk_store, source.chunks, start, end,
-                                   budget=call.services.read_budget)
     pin_id = object_io.new_pin_id()  # see put_object: pinned until the commit or release_pins
-    try:
-        written = await call.services.store_body(pieces, end - start, pin_id)
-        part = PartRecord(part_number=part_number, size=written.size, etag=quote_etag(written.md5_hex),
-                          last_modified=time.time(), checksums={}, chunks=written.chunks)
-        await object_io.run_to_completion(call.services.metadata.put_part, upload.upload_id, part, pin_id)
-    except BaseException:
-        await object_io.release_pins(call.services.metadata, pin_id)
-        raise
+    # Closed on every path: a failed copy stops the source's read-ahead and frees its read budget
+    # now rather than whenever the suspended generator is collected.
+    async with contextlib.aclosing(object_io.read_stream(call.services.chunk_store, source.chunks, start, end,
+                                                         budget=call.services.read_budget)) as pieces:
+        try:
+            written = await call.services.store_body(pieces, end - start, pin_id)
+            part = PartRecord(part_number=part_number, size=written.size, etag=quote_etag(written.md5_hex),
+                              last_modified=time.time(), checksums={}, chunks=written.chunks)
+            await object_io.run_to_completion(call.services.metadata.put_part, upload.upload_id, part, pin_id)
+        except BaseException:
+            await object_io.release_pins(call.services.metadata, pin_id)
+            raise
     body = xml.copy_part_result(etag=part.etag, last_modified=iso8601(part.last_modified))
     return web.Response(status=200, body=body, content_type="application/xml")
 

@@ -13,8 +13,7 @@ import contextlib
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncGenerator, Sequence
-from typing import cast
+from collections.abc import Sequence
 
 from aiohttp import web
 
@@ -211,9 +210,8 @@ async def stream_content(request: web.Request, services: S3Services, chunks: Seq
     (the caller's exception, e.g. 503). A failure after that aborts the connection and raises
     StreamAborted: the client sees a short body, never wrong bytes. ``log_fields`` name the content
     in that warning."""
-    # read_stream_pieces is an async generator: closing it cancels its read-ahead.
-    stream = cast(AsyncGenerator[memoryview, None], object_io.read_stream_pieces(
-        services.chunk_store, chunks, start, end, budget=services.read_budget))
+    # Closing the stream cancels its read-ahead and frees its read budget.
+    stream = object_io.read_stream_pieces(services.chunk_store, chunks, start, end, budget=services.read_budget)
     async with contextlib.aclosing(stream):
         first: bytes | memoryview = await anext(stream) if end > start else b""
         response = web.StreamResponse(status=status, headers=headers)

@@ -293,7 +293,7 @@ def test_write_stream_cuts_hashes_dedups_and_reads_back(cluster: Cluster, tmp_pa
             # Stopping a read early cancels its prefetch cleanly.
             stream = read_stream(store, written.chunks, 0, len(body_bytes))
             assert await anext(stream) == body_bytes[:chunk_size]
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
 
         run_with_pool(body)
     finally:
@@ -321,7 +321,7 @@ def test_reads_hold_their_read_ahead_window_in_the_budget(cluster: Cluster, tmp_
         ranged = read_stream_pieces(store, long.chunks, chunk_size - 5, chunk_size + 5, budget=budget)
         assert bytes(await anext(ranged)) == long_bytes[chunk_size - 5 : chunk_size]
         assert budget.available == chunk_size
-        await ranged.aclose()  # type: ignore[attr-defined]
+        await ranged.aclose()
         assert budget.available == 3 * chunk_size
         assert b"".join([piece async for piece in read_stream(store, short.chunks, 0, short.size,
                                                                budget=budget)]) == short_bytes
@@ -334,7 +334,7 @@ def test_reads_hold_their_read_ahead_window_in_the_budget(cluster: Cluster, tmp_
         assert long_bytes[:chunk_size] + rest == long_bytes
         assert await asyncio.wait_for(waiting, timeout=30) == long_bytes[:chunk_size]
         assert budget.available == 3 * chunk_size
-        await second.aclose()  # type: ignore[attr-defined]
+        await second.aclose()
         assert budget.available == window + 3 * chunk_size
 
     try:
